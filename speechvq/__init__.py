@@ -1,0 +1,8 @@
+"""speechvq: speech audio -> features -> codebook -> discrete units, with metrics."""
+
+from .codebook import Codebook, load_codebook
+from .encoder import UnitEncoder, load
+from .errors import SpeechVQError
+
+__all__ = ["Codebook", "SpeechVQError", "UnitEncoder", "load", "load_codebook"]
+__version__ = "0.1.0"

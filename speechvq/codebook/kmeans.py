@@ -1,0 +1,156 @@
+"""k-means in torch on any device: k-means++ seeding, Lloyd iterations with chunked GEMM distances,
+empty-cluster re-seeding and restarts. Randomness comes only from the generator passed in, and the
+cluster sums avoid atomics, so the same seed, data and device give the same codebook."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..quantize import nearest_codewords
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    centroids: torch.Tensor  # (codebook_size, dim) float32
+    inertia: float  # sum over training frames of the squared distance to the nearest centroid
+    num_iterations: int  # Lloyd iterations of the winning restart
+    converged: bool
+    inertia_history: list[float] = field(default_factory=list)  # per iteration, winning restart
+
+
+@torch.inference_mode()
+def kmeans(
+    frames: torch.Tensor,
+    codebook_size: int,
+    *,
+    generator: torch.Generator,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    n_init: int = 1,
+    chunk_size: int = 65536,
+    progress: bool = False,
+) -> KMeansResult:
+    """Cluster frames (num_frames, dim) into codebook_size centroids; best of n_init restarts."""
+    if frames.ndim != 2:
+        raise ValueError(f"frames must be (num_frames, dim), got shape {tuple(frames.shape)}")
+    if frames.shape[0] < codebook_size:
+        raise ValueError(f"need at least codebook_size={codebook_size} frames to train, got {frames.shape[0]}")
+    frames = frames.to(torch.float32).contiguous()
+    best: KMeansResult | None = None
+    for restart in range(n_init):
+        centroids = kmeans_plusplus(frames, codebook_size, generator=generator, chunk_size=chunk_size)
+        result = lloyd(frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size,
+                       progress=progress, description=f"k-means {restart + 1}/{n_init}")
+        log.info("k-means restart %d/%d: inertia %.6g after %d iterations", restart + 1, n_init,
+                 result.inertia, result.num_iterations)
+        if best is None or result.inertia < best.inertia:
+            best = result
+    return best
+
+
+def kmeans_plusplus(
+    frames: torch.Tensor, codebook_size: int, *, generator: torch.Generator, chunk_size: int = 65536
+) -> torch.Tensor:
+    """Greedy k-means++ (Arthur & Vassilvitskii; the variant scikit-learn uses): each new centroid is the best
+    of 2 + log(k) candidates drawn with probability proportional to the squared distance to the chosen ones."""
+    num_frames = frames.shape[0]
+    num_trials = 2 + int(math.log(codebook_size))
+    first = torch.randint(num_frames, (1,), generator=generator, device=generator.device).to(frames.device)
+    chosen = [first]
+    closest = _sq_dist_to(frames, frames[first], chunk_size).squeeze(1)  # (num_frames,)
+    for _ in range(1, codebook_size):
+        candidates = _sample_proportional(closest, num_trials, generator)
+        candidate_dists = _sq_dist_to(frames, frames[candidates], chunk_size)  # (num_frames, num_trials)
+        potentials = torch.minimum(candidate_dists, closest.unsqueeze(1)).sum(dim=0, dtype=torch.float64)
+        pick = int(potentials.argmin())
+        chosen.append(candidates[pick : pick + 1])
+        closest = torch.minimum(closest, candidate_dists[:, pick])
+    return frames[torch.cat(chosen)].clone()
+
+
+def lloyd(
+    frames: torch.Tensor,
+    centroids: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    chunk_size: int = 65536,
+    progress: bool = False,
+    description: str = "k-means",
+) -> KMeansResult:
+    """Lloyd iterations from the given centroids until the relative inertia gain drops below tol."""
+    codebook_size = centroids.shape[0]
+    history: list[float] = []
+    converged = False
+    labels, sq_dists = nearest_codewords(frames, centroids, chunk_size)
+    bar = tqdm(total=max_iter, desc=description, disable=None if progress else True, leave=False)
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        centroids = _update(frames, labels, sq_dists, centroids, codebook_size)
+        new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size)
+        inertia = float(sq_dists.sum(dtype=torch.float64))
+        bar.update(1)
+        bar.set_postfix(inertia=f"{inertia:.5g}")
+        stable = torch.equal(new_labels, labels)
+        improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
+        history.append(inertia)
+        labels = new_labels
+        if stable or improvement < tol:
+            converged = True
+            break
+    bar.close()
+    return KMeansResult(centroids, history[-1], iteration, converged, history)
+
+
+def _update(frames, labels, sq_dists, centroids, codebook_size) -> torch.Tensor:
+    counts = torch.bincount(labels, minlength=codebook_size)
+    sums = _cluster_sums(frames, labels, codebook_size)
+    updated = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+    empty = (counts == 0).nonzero().squeeze(1)
+    if empty.numel():
+        # Re-seed each empty cluster at one of the frames worst served by the current codebook.
+        farthest = sq_dists.topk(empty.numel()).indices
+        updated[empty] = frames[farthest]
+        log.debug("re-seeded %d empty clusters", empty.numel())
+    return updated
+
+
+def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Per-cluster sums in float64. index_add_ is deterministic on the CPU; on CUDA it uses atomics,
+    so there the sums are a one-hot GEMM per chunk, which is deterministic and fast."""
+    sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64, device=frames.device)
+    if frames.device.type == "cpu":
+        return sums.index_add_(0, labels, frames.to(torch.float64))
+    chunk = 65536
+    for start in range(0, frames.shape[0], chunk):
+        one_hot = torch.nn.functional.one_hot(labels[start : start + chunk], codebook_size).to(frames.dtype)
+        sums += (one_hot.T @ frames[start : start + chunk]).to(torch.float64)
+    return sums
+
+
+def _sq_dist_to(frames: torch.Tensor, points: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Squared distances (num_frames, num_points), clamped at zero against rounding."""
+    points_sq = points.square().sum(dim=1)
+    out = torch.empty(frames.shape[0], points.shape[0], dtype=torch.float32, device=frames.device)
+    for start in range(0, frames.shape[0], chunk_size):
+        chunk = frames[start : start + chunk_size]
+        block = torch.addmm(points_sq, chunk, points.T, alpha=-2.0).add_(chunk.square().sum(dim=1, keepdim=True))
+        out[start : start + chunk.shape[0]] = block.clamp_(min=0.0)
+    return out
+
+
+def _sample_proportional(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices drawn with probability proportional to weights (inverse CDF; no category limit)."""
+    cdf = weights.to(torch.float64).cumsum(dim=0)
+    total = cdf[-1]
+    if total <= 0:  # every frame coincides with a chosen centroid: any choice is as good
+        return torch.randint(weights.numel(), (count,), generator=generator, device=generator.device).to(weights.device)
+    draws = torch.rand(count, generator=generator, device=generator.device, dtype=torch.float64).to(weights.device)
+    return torch.searchsorted(cdf, draws * total, right=True).clamp_(max=weights.numel() - 1)

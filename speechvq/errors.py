@@ -1,0 +1,72 @@
+"""Named errors. Every error raised for bad user input is a SpeechVQError subclass
+that names the offending file or value, so a batch job can report it and move on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SpeechVQError(Exception):
+    """Base class of every error speechvq raises on purpose."""
+
+
+class DatasetNotFoundError(SpeechVQError):
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        super().__init__(f"dataset path does not exist: {self.path}")
+
+
+class EmptyDatasetError(SpeechVQError):
+    def __init__(self, path: str | Path, detail: str = "no audio files found"):
+        self.path = str(path)
+        super().__init__(f"{detail}: {self.path}")
+
+
+class ManifestError(SpeechVQError):
+    def __init__(self, path: str | Path, line_number: int | None, reason: str):
+        self.path, self.line_number, self.reason = str(path), line_number, reason
+        where = f"{self.path}:{line_number}" if line_number is not None else self.path
+        super().__init__(f"bad manifest {where}: {reason}")
+
+
+class AudioDecodeError(SpeechVQError):
+    """A file that cannot be turned into a usable waveform (missing, empty, corrupt, ...)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot read audio {self.path}: {reason}")
+
+
+class AlignmentError(SpeechVQError):
+    def __init__(self, source: str | Path, reason: str):
+        self.source, self.reason = str(source), reason
+        super().__init__(f"bad alignment {self.source}: {reason}")
+
+
+class CodebookFileError(SpeechVQError):
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot load codebook {self.path}: {reason}")
+
+
+class CodebookMismatchError(SpeechVQError):
+    """Features and codebook disagree (dimension or feature configuration)."""
+
+    def __init__(self, what: str, expected: object, got: object):
+        self.what, self.expected, self.got = what, expected, got
+        super().__init__(f"codebook {what} mismatch: codebook expects {expected!r}, features have {got!r}")
+
+
+class MissingArtifactError(SpeechVQError):
+    def __init__(self, path: str | Path, stage: str):
+        self.path, self.stage = str(path), stage
+        super().__init__(
+            f"stage '{stage}' needs {self.path}, which does not exist; run the stage that makes it first "
+            f"(or point the config at an earlier run)"
+        )
+
+
+class ConfigError(SpeechVQError):
+    def __init__(self, key: str, value: object, reason: str):
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"bad config {key}={value!r}: {reason}")

@@ -1,0 +1,122 @@
+"""On-disk features between stages: safetensors parts of concatenated frames plus an index.json
+written last, so a folder without index.json is visibly unfinished. Reading streams one part at a
+time, so memory is bounded by the part size, not the dataset."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors_bytes
+
+from .errors import MissingArtifactError
+from .io import write_bytes, write_json
+from .types import FeatureMatrix
+
+INDEX_FILE = "index.json"
+
+
+@dataclass(frozen=True)
+class StoredUtterance:
+    utt_id: str
+    num_frames: int
+    part: int  # which part file holds its frames
+    offset: int  # first row in that part
+
+
+class FeatureWriter:
+    def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float,
+                 part_bytes: int = 64 << 20):
+        self.folder = folder
+        self.feature_config, self.dim, self.frame_rate_hz = feature_config, dim, frame_rate_hz
+        self.part_frames = max(1, part_bytes // (4 * dim))
+        self.entries: list[StoredUtterance] = []
+        self._pending: list[torch.Tensor] = []
+        self._pending_frames = 0
+        self._part = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INDEX_FILE).unlink(missing_ok=True)  # the old index must not vouch for new parts
+
+    def add(self, features: FeatureMatrix) -> None:
+        self.entries.append(StoredUtterance(features.utt_id, features.num_frames, self._part, self._pending_frames))
+        self._pending.append(features.frames.detach().to("cpu", torch.float32))
+        self._pending_frames += features.num_frames
+        if self._pending_frames >= self.part_frames:
+            self._flush()
+
+    def _flush(self) -> None:
+        frames = torch.cat(self._pending) if self._pending else torch.zeros(0, self.dim)
+        write_bytes(self.folder / f"part-{self._part:05d}.safetensors", save_safetensors_bytes({"frames": frames}))
+        self._pending, self._pending_frames = [], 0
+        self._part += 1
+
+    def close(self, extra: dict) -> None:
+        if self._pending or self._part == 0:
+            self._flush()
+        write_json(self.folder / INDEX_FILE, {
+            "feature_config": self.feature_config,
+            "dim": self.dim,
+            "frame_rate_hz": self.frame_rate_hz,
+            "num_parts": self._part,
+            "num_frames": sum(e.num_frames for e in self.entries),
+            "utterances": [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries],
+            **extra,
+        })
+
+
+class FeatureStore:
+    def __init__(self, folder: Path):
+        index_path = folder / INDEX_FILE
+        if not index_path.exists():
+            raise MissingArtifactError(index_path, "features")
+        self.folder = folder
+        self.index = json.loads(index_path.read_text())
+        self.feature_config: dict = self.index["feature_config"]
+        self.dim: int = self.index["dim"]
+        self.frame_rate_hz: float = self.index["frame_rate_hz"]
+        self.num_frames: int = self.index["num_frames"]
+        self.utterances = [StoredUtterance(*row) for row in self.index["utterances"]]
+
+    def _load_part(self, part: int) -> torch.Tensor:
+        with safe_open(str(self.folder / f"part-{part:05d}.safetensors"), framework="pt") as handle:
+            return handle.get_tensor("frames")
+
+    def iter_parts(self) -> Iterator[tuple[list[StoredUtterance], torch.Tensor]]:
+        """(utterances of the part, their frames concatenated (part_frames, dim)), in dataset order."""
+        by_part: dict[int, list[StoredUtterance]] = {}
+        for entry in self.utterances:
+            by_part.setdefault(entry.part, []).append(entry)
+        for part in range(self.index["num_parts"]):
+            yield by_part.get(part, []), self._load_part(part)
+
+    def iter_utterances(self) -> Iterator[FeatureMatrix]:
+        for entries, frames in self.iter_parts():
+            for entry in entries:
+                yield FeatureMatrix(entry.utt_id, frames[entry.offset : entry.offset + entry.num_frames],
+                                    self.frame_rate_hz)
+
+    def gather(self, frame_indices: torch.Tensor) -> torch.Tensor:
+        """Rows at sorted global frame indices (num,) -> (num, dim), reading one part at a time."""
+        out = torch.empty(frame_indices.numel(), self.dim)
+        start = filled = 0
+        for _, frames in self.iter_parts():
+            stop = start + frames.shape[0]
+            upto = int(torch.searchsorted(frame_indices, stop))
+            out[filled:upto] = frames[frame_indices[filled:upto] - start]
+            filled, start = upto, stop
+        return out
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and standard deviation over all stored frames (float64 sums)."""
+        total = torch.zeros(self.dim, dtype=torch.float64)
+        total_sq = torch.zeros(self.dim, dtype=torch.float64)
+        for _, frames in self.iter_parts():
+            total += frames.to(torch.float64).sum(dim=0)
+            total_sq += frames.to(torch.float64).square().sum(dim=0)
+        mean = total / max(self.num_frames, 1)
+        std = (total_sq / max(self.num_frames, 1) - mean.square()).clamp(min=0).sqrt()
+        return mean.float(), std.clamp(min=1e-5).float()

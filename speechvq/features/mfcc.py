@@ -1,0 +1,115 @@
+"""Cepstral and filterbank features.
+
+mfcc_hubert reproduces fairseq's HuBERT iteration-1 recipe (examples/hubert/simple_kmeans/dump_mfcc_feature.py):
+Kaldi MFCC without energy, then deltas and delta-deltas from torchaudio.functional.compute_deltas.
+mfcc follows librosa.feature.mfcc conventions (Slaney mel, power->dB with an 80 dB floor, ortho DCT-II)."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torchaudio.compliance import kaldi
+
+from ..config import FeatureConfig
+from .base import normalize_utterance
+
+
+class _FrameExtractor:
+    """Shared frame arithmetic, delta stacking and per-utterance normalization."""
+
+    def __init__(self, config: FeatureConfig, static_dim: int, deltas: bool):
+        self.config = config
+        self.deltas = deltas
+        self.window = round(config.sample_rate * config.frame_length_ms / 1000)
+        self.hop = round(config.sample_rate * config.frame_shift_ms / 1000)
+        self.frame_rate_hz = config.sample_rate / self.hop
+        self.static_dim = static_dim
+        self.dim = static_dim * (3 if deltas else 1)
+
+    def __call__(self, samples: torch.Tensor) -> torch.Tensor:
+        num_frames = self.num_frames(samples.numel())
+        if num_frames == 0:
+            return samples.new_zeros((0, self.dim))
+        frames = self._static(samples)  # (num_frames, static_dim)
+        if self.deltas:
+            frames = _with_deltas(frames)
+        if self.config.normalize == "utterance":
+            frames = normalize_utterance(frames)
+        return frames.contiguous()
+
+    def _static(self, samples: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def num_frames(self, num_samples: int) -> int:
+        # Kaldi's snip_edges=True: only whole windows.
+        return 0 if num_samples < self.window else 1 + (num_samples - self.window) // self.hop
+
+
+def _with_deltas(frames: torch.Tensor) -> torch.Tensor:
+    static = frames.T  # compute_deltas works along the last axis (time)
+    deltas = torchaudio.functional.compute_deltas(static)
+    delta_deltas = torchaudio.functional.compute_deltas(deltas)
+    return torch.cat([static, deltas, delta_deltas], dim=0).T
+
+
+class KaldiMFCCExtractor(_FrameExtractor):
+    def __init__(self, config: FeatureConfig):
+        super().__init__(config, config.num_ceps, config.deltas)
+
+    def _static(self, samples: torch.Tensor) -> torch.Tensor:
+        return kaldi.mfcc(
+            samples.view(1, -1),
+            sample_frequency=self.config.sample_rate,
+            num_ceps=self.config.num_ceps,
+            num_mel_bins=self.config.num_mel_bins,
+            frame_length=self.config.frame_length_ms,
+            frame_shift=self.config.frame_shift_ms,
+            use_energy=False,
+        )
+
+
+class FbankExtractor(_FrameExtractor):
+    """Kaldi log-mel filterbank (num_mel_bins wide, no deltas)."""
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__(config, config.num_mel_bins, deltas=False)
+
+    def _static(self, samples: torch.Tensor) -> torch.Tensor:
+        return kaldi.fbank(
+            samples.view(1, -1),
+            sample_frequency=self.config.sample_rate,
+            num_mel_bins=self.config.num_mel_bins,
+            frame_length=self.config.frame_length_ms,
+            frame_shift=self.config.frame_shift_ms,
+        )
+
+
+class LibrosaMFCCExtractor(_FrameExtractor):
+    """torchaudio.transforms.MFCC configured to equal librosa.feature.mfcc(y, sr, n_mfcc, n_fft=win, hop_length, n_mels)."""
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__(config, config.num_ceps, config.deltas)
+        self.transform = torchaudio.transforms.MFCC(
+            sample_rate=config.sample_rate,
+            n_mfcc=config.num_ceps,
+            norm="ortho",
+            log_mels=False,
+            melkwargs={
+                "n_fft": self.window,
+                "hop_length": self.hop,
+                "n_mels": config.num_mel_bins,
+                "mel_scale": "slaney",
+                "norm": "slaney",
+                "center": True,
+                "pad_mode": "constant",
+            },
+        )
+
+    def _static(self, samples: torch.Tensor) -> torch.Tensor:
+        if self.transform.dct_mat.device != samples.device:
+            self.transform = self.transform.to(samples.device)
+        return self.transform(samples).T
+
+    def num_frames(self, num_samples: int) -> int:
+        # center=True pads half a window on each side.
+        return 0 if num_samples == 0 else 1 + num_samples // self.hop

@@ -1,0 +1,103 @@
+"""The one place that writes files. Everything is written atomically: to a temporary file in
+the destination folder, flushed and fsynced, then renamed over the target, so a crash never
+leaves a partial file under the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary sibling of `path` for writing; rename it to `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not all file systems allow opening a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def units_to_line(units: torch.Tensor) -> str:
+    return " ".join(map(str, units.tolist()))
+
+
+def deduplicate(units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run-length encode a unit sequence: (units without repeats, duration of each in frames)."""
+    if units.numel() == 0:
+        return units.clone(), torch.zeros(0, dtype=torch.long)
+    values, counts = torch.unique_consecutive(units, return_counts=True)
+    return values, counts
+
+
+def write_km(path: str | Path, sequences: Iterable[torch.Tensor]) -> int:
+    """fairseq label file: one line of space-separated units per utterance, in order."""
+    count = 0
+    with atomic_open(path) as handle:
+        for units in sequences:
+            handle.write(units_to_line(units) + "\n")
+            count += 1
+    return count
+
+
+def write_km_dict(path: str | Path, codebook_size: int) -> None:
+    """fairseq dictionary for .km labels: `<unit> 1` per codeword."""
+    write_text(path, "".join(f"{unit} 1\n" for unit in range(codebook_size)))
+
+
+def write_fairseq_tsv(path: str | Path, root: Path, rows: Iterable[tuple[str, int]]) -> None:
+    """fairseq manifest: the root folder, then `relative/path<TAB>num_samples` per utterance."""
+    with atomic_open(path) as handle:
+        handle.write(f"{root}\n")
+        for rel_path, num_samples in rows:
+            handle.write(f"{rel_path}\t{num_samples}\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    count = 0
+    with atomic_open(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,105 @@
+"""Dataset listings: a folder scan, a fairseq .tsv manifest, or a JSONL manifest -> [Utterance].
+
+Only listing happens here (cheap, no decoding), so a bad path fails before any real work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import soundfile
+
+from .errors import DatasetNotFoundError, EmptyDatasetError, ManifestError
+from .types import Utterance
+
+# Extensions soundfile (libsndfile) decodes, plus common aliases.
+AUDIO_EXTENSIONS = frozenset(
+    {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif"}
+)
+
+
+def list_utterances(path: str | Path) -> list[Utterance]:
+    """List a dataset: a folder (recursive), a fairseq `.tsv` or a `.jsonl` manifest."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetNotFoundError(path)
+    if path.is_dir():
+        utterances = scan_folder(path)
+    elif path.suffix == ".tsv":
+        utterances = read_fairseq_tsv(path)
+    elif path.suffix == ".jsonl":
+        utterances = read_jsonl_manifest(path)
+    else:
+        raise ManifestError(path, None, "expected a folder, a fairseq .tsv or a .jsonl manifest")
+    if not utterances:
+        raise EmptyDatasetError(path)
+    _check_unique_ids(path, utterances)
+    return utterances
+
+
+def scan_folder(root: Path) -> list[Utterance]:
+    root = root.resolve()
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return [Utterance(utt_id=_utt_id(p.relative_to(root)), path=p) for p in files]
+
+
+def read_fairseq_tsv(path: Path) -> list[Utterance]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise ManifestError(path, None, "empty manifest (the first line must be the root folder)")
+    root = Path(lines[0].strip())
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    utterances = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise ManifestError(path, number, f"expected 'relative/path<TAB>num_samples', got {line!r}")
+        try:
+            num_samples = int(fields[1])
+        except ValueError:
+            raise ManifestError(path, number, f"num_samples is not an integer: {fields[1]!r}") from None
+        utterances.append(Utterance(utt_id=_utt_id(Path(fields[0])), path=root / fields[0], num_samples=num_samples))
+    return utterances
+
+
+def read_jsonl_manifest(path: Path) -> list[Utterance]:
+    """JSONL: one object per line with `path` (absolute or relative to the manifest), optional `id`, `num_samples`."""
+    utterances = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(path, number, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(record, dict) or "path" not in record:
+            raise ManifestError(path, number, "each line must be an object with a 'path' key")
+        audio_path = Path(record["path"])
+        if not audio_path.is_absolute():
+            audio_path = path.parent / audio_path
+        utt_id = str(record.get("id") or _utt_id(Path(record["path"])))
+        utterances.append(Utterance(utt_id=utt_id, path=audio_path, num_samples=record.get("num_samples")))
+    return utterances
+
+
+def shard(utterances: list[Utterance], num_shards: int, shard_index: int) -> list[Utterance]:
+    """fairseq's rule: shard r of n takes utterances [round(N*r/n), round(N*(r+1)/n))."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    total = len(utterances)
+    return utterances[round(total * shard_index / num_shards) : round(total * (shard_index + 1) / num_shards)]
+
+
+def _utt_id(relative_path: Path) -> str:
+    return relative_path.with_suffix("").as_posix()
+
+
+def _check_unique_ids(source: Path, utterances: list[Utterance]) -> None:
+    seen: set[str] = set()
+    for utt in utterances:
+        if utt.utt_id in seen:
+            raise ManifestError(source, None, f"duplicate utterance id {utt.utt_id!r}")
+        seen.add(utt.utt_id)

@@ -1,0 +1,33 @@
+"""Figures written into the run folder (matplotlib with the file-only Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from .io import write_bytes
+
+
+def plot_codebook_usage(counts: torch.Tensor, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = counts.sort(descending=True).values.to(torch.float64)
+    share = (ordered / ordered.sum().clamp(min=1)).numpy()
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    ax.bar(range(len(share)), share, width=1.0, color="#3b6ea8")
+    ax.axhline(1.0 / len(share), color="#c0392b", lw=1, ls="--", label="uniform")
+    ax.set_yscale("log")
+    ax.set_xlabel("codeword rank (most used first)")
+    ax.set_ylabel("share of frames")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())

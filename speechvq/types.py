@@ -1,0 +1,55 @@
+"""Frozen values passed between stages. Shapes and units are in the comments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One entry of a dataset listing, before any decoding."""
+
+    utt_id: str  # unique within the dataset; also the key of alignments and outputs
+    path: Path  # absolute path of the audio file
+    num_samples: int | None = None  # as claimed by a manifest (at the file's own rate), if any
+
+
+@dataclass(frozen=True)
+class Waveform:
+    utt_id: str
+    samples: torch.Tensor  # (num_samples,) float32 mono, in [-1, 1]
+    sample_rate: int  # Hz
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.numel() / self.sample_rate
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    utt_id: str
+    frames: torch.Tensor  # (num_frames, dim) float32
+    frame_rate_hz: float
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[0]
+
+
+@dataclass(frozen=True)
+class UnitSequence:
+    utt_id: str
+    units: torch.Tensor  # (num_frames,) int64 codeword indices in [0, codebook_size)
+    frame_rate_hz: float
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a run under data.on_error=skip, with the reason."""
+
+    utt_id: str
+    path: Path
+    reason: str
