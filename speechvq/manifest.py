@@ -80,7 +80,7 @@ def read_jsonl_manifest(path: Path) -> list[Utterance]:
         audio_path = Path(record["path"])
         if not audio_path.is_absolute():
             audio_path = path.parent / audio_path
-        utt_id = str(record.get("id") or _utt_id(Path(record["path"])))
+        utt_id = str(record.get("id") or _jsonl_id(audio_path, path.parent))
         utterances.append(Utterance(utt_id=utt_id, path=audio_path, num_samples=record.get("num_samples")))
     return utterances
 
@@ -95,6 +95,14 @@ def shard(utterances: list[Utterance], num_shards: int, shard_index: int) -> lis
 
 def _utt_id(relative_path: Path) -> str:
     return relative_path.with_suffix("").as_posix()
+
+
+def _jsonl_id(audio_path: Path, manifest_dir: Path) -> str:
+    # Relative to the manifest's folder when inside it, else the file name: never an absolute path.
+    try:
+        return _utt_id(audio_path.resolve().relative_to(manifest_dir.resolve()))
+    except ValueError:
+        return audio_path.stem
 
 
 def _check_unique_ids(source: Path, utterances: list[Utterance]) -> None:

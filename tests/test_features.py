@@ -1,0 +1,82 @@
+import librosa
+import numpy as np
+import pytest
+import torch
+import torchaudio
+from conftest import speechlike
+
+from speechvq.config import FeatureConfig
+from speechvq.errors import ConfigError
+from speechvq.features import build_extractor
+
+
+def fairseq_mfcc(samples: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """fairseq examples/hubert/simple_kmeans/dump_mfcc_feature.py, MfccFeatureReader.get_feats."""
+    x = samples.float().view(1, -1)
+    mfccs = torchaudio.compliance.kaldi.mfcc(waveform=x, sample_frequency=sample_rate, use_energy=False).transpose(0, 1)
+    deltas = torchaudio.functional.compute_deltas(mfccs)
+    ddeltas = torchaudio.functional.compute_deltas(deltas)
+    return torch.cat([mfccs, deltas, ddeltas], dim=0).transpose(0, 1).contiguous()
+
+
+@pytest.mark.parametrize("seconds", [0.03, 0.5, 2.37])
+def test_mfcc_hubert_matches_fairseq_recipe(seconds):
+    samples = torch.from_numpy(speechlike(seconds, 16000, seed=3))
+    extractor = build_extractor(FeatureConfig(name="mfcc_hubert"))
+    ours = extractor(samples)
+    reference = fairseq_mfcc(samples, 16000)
+    assert ours.shape == reference.shape == (extractor.num_frames(samples.numel()), 39)
+    assert extractor.frame_rate_hz == 100.0
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+
+
+def test_mfcc_matches_librosa():
+    # Tolerance: 1e-3 absolute on coefficients of magnitude up to ~500 (observed max difference ~1.5e-4, float32).
+    y = speechlike(1.3, 16000, seed=5)
+    extractor = build_extractor(FeatureConfig(name="mfcc", num_mel_bins=40, deltas=False))
+    ours = extractor(torch.from_numpy(y)).numpy()
+    reference = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=40).T
+    assert ours.shape == reference.shape
+    assert extractor.num_frames(y.size) == reference.shape[0]
+    np.testing.assert_allclose(ours, reference, atol=1e-3, rtol=0)
+
+
+def test_mfcc_deltas_match_librosa_on_statics():
+    y = speechlike(0.8, 16000, seed=1)
+    extractor = build_extractor(FeatureConfig(name="mfcc", num_mel_bins=40, deltas=True))
+    frames = extractor(torch.from_numpy(y))
+    assert frames.shape[1] == 39
+    static = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=40).T
+    np.testing.assert_allclose(frames[:, :13].numpy(), static, atol=1e-3, rtol=0)
+
+
+def test_fbank_is_kaldi_fbank_with_utterance_cmvn():
+    samples = torch.from_numpy(speechlike(1.0, 16000, seed=2))
+    config = FeatureConfig(name="fbank", num_mel_bins=80, deltas=False, normalize="utterance")
+    frames = build_extractor(config)(samples)
+    raw = torchaudio.compliance.kaldi.fbank(samples.view(1, -1), num_mel_bins=80)
+    assert frames.shape == raw.shape == (98, 80)
+    torch.testing.assert_close(frames.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+    torch.testing.assert_close(frames.std(0, unbiased=False), torch.ones(80), atol=1e-3, rtol=0)
+    expected = (raw - raw.mean(0)) / (raw.std(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(frames, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mfcc_hubert", "mfcc", "fbank"])
+def test_shorter_than_one_frame_gives_zero_frames(name):
+    extractor = build_extractor(FeatureConfig(name=name))
+    frames = extractor(torch.zeros(100 if name != "mfcc" else 0))
+    assert frames.shape == (0, extractor.dim)
+
+
+@pytest.mark.parametrize("num_samples", [400, 401, 559, 560, 16000, 16001])
+def test_num_frames_matches_output(num_samples):
+    samples = torch.from_numpy(speechlike(num_samples / 16000 + 1e-9, 16000, seed=0))[:num_samples]
+    for name in ("mfcc_hubert", "mfcc", "fbank"):
+        extractor = build_extractor(FeatureConfig(name=name))
+        assert extractor(samples).shape[0] == extractor.num_frames(num_samples)
+
+
+def test_unknown_feature_name_is_named_error():
+    with pytest.raises(ConfigError, match="features.name"):
+        build_extractor(FeatureConfig(name="mfc"))

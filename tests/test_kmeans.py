@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from speechvq.codebook import kmeans
+from speechvq.codebook.kmeans import kmeans_plusplus, lloyd
+from speechvq.quantize import nearest_codewords
+
+
+def planted(num_clusters=12, per_cluster=400, dim=6, spread=30.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(num_clusters, dim, generator=g) * spread
+    truth = torch.arange(num_clusters).repeat_interleave(per_cluster)
+    points = centers[truth] + torch.randn(truth.numel(), dim, generator=g)
+    perm = torch.randperm(truth.numel(), generator=g)
+    return points[perm], truth[perm], centers
+
+
+def contingency(a, b, n):
+    table = torch.zeros(n, n, dtype=torch.long)
+    table.index_put_((a, b), torch.ones_like(a), accumulate=True)
+    return table
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_planted_clusters_exactly(seed):
+    points, truth, centers = planted(seed=seed)
+    fit = kmeans(points, 12, generator=torch.Generator().manual_seed(seed), n_init=2)
+    labels, _ = nearest_codewords(points, fit.centroids)
+    table = contingency(truth, labels, 12)
+    # A perfect partition: every true cluster maps to exactly one code, and every code to one cluster.
+    assert ((table > 0).sum(1) == 1).all() and ((table > 0).sum(0) == 1).all()
+    matched = table.argmax(1)
+    torch.testing.assert_close(fit.centroids[matched], centers, atol=0.3, rtol=0)
+    assert fit.converged
+
+
+def test_same_seed_same_codebook_and_different_seed_differs():
+    points = torch.randn(5000, 8, generator=torch.Generator().manual_seed(0))
+    a = kmeans(points, 20, generator=torch.Generator().manual_seed(7), max_iter=15)
+    b = kmeans(points, 20, generator=torch.Generator().manual_seed(7), max_iter=15)
+    c = kmeans(points, 20, generator=torch.Generator().manual_seed(8), max_iter=15)
+    assert torch.equal(a.centroids, b.centroids) and a.inertia == b.inertia
+    assert not torch.equal(a.centroids, c.centroids)
+
+
+def test_inertia_never_increases_and_matches_assignment():
+    points = torch.randn(4000, 5, generator=torch.Generator().manual_seed(1))
+    fit = kmeans(points, 16, generator=torch.Generator().manual_seed(0), max_iter=50, tol=0)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(fit.inertia_history, fit.inertia_history[1:]))
+    _, sq = nearest_codewords(points, fit.centroids)
+    assert fit.inertia == pytest.approx(float(sq.double().sum()), rel=1e-5)
+    brute = torch.cdist(points.double(), fit.centroids.double()).square().min(1).values.sum()
+    assert fit.inertia == pytest.approx(float(brute), rel=1e-4)
+
+
+def test_n_init_keeps_the_best_restart():
+    points = torch.randn(3000, 4, generator=torch.Generator().manual_seed(2))
+    single = [kmeans(points, 30, generator=torch.Generator().manual_seed(s), n_init=1, max_iter=5).inertia
+              for s in range(1)]
+    best = kmeans(points, 30, generator=torch.Generator().manual_seed(0), n_init=4, max_iter=5)
+    assert best.inertia <= single[0]
+
+
+def test_empty_cluster_is_reseeded():
+    far = torch.full((6, 2), 100.0) + torch.arange(6.0).unsqueeze(1)  # six distinct points
+    points = torch.cat([torch.zeros(50, 2), torch.full((50, 2), 10.0), far])
+    # Two centroids far from everything never win a point: they must be re-seeded, not left dead.
+    start = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-1e4, -1e4], [-2e4, 2e4]])
+    fit = lloyd(points, start, max_iter=10, tol=0)
+    labels, _ = nearest_codewords(points, fit.centroids)
+    assert labels.unique().numel() == 4
+    assert torch.isfinite(fit.centroids).all()
+
+
+def test_kmeans_plusplus_picks_distinct_points_from_data():
+    points, _, _ = planted(num_clusters=5, per_cluster=100, seed=3)
+    seeds = kmeans_plusplus(points, 5, generator=torch.Generator().manual_seed(0))
+    assert seeds.shape == (5, points.shape[1])
+    # Greedy k-means++ on far-apart clusters puts one seed in each cluster.
+    labels, _ = nearest_codewords(points, seeds)
+    assert labels.unique().numel() == 5
+
+
+def test_too_few_frames_is_an_error():
+    with pytest.raises(ValueError, match="at least codebook_size"):
+        kmeans(torch.randn(5, 3), 10, generator=torch.Generator())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_is_deterministic_and_agrees_with_cpu_quality():
+    points, truth, _ = planted(seed=4)
+    gpu = points.cuda()
+    a = kmeans(gpu, 12, generator=torch.Generator("cuda").manual_seed(0))
+    b = kmeans(gpu, 12, generator=torch.Generator("cuda").manual_seed(0))
+    assert torch.equal(a.centroids, b.centroids)
+    labels, _ = nearest_codewords(points, a.centroids.cpu())
+    table = contingency(truth, labels, 12)
+    assert ((table > 0).sum(1) == 1).all()

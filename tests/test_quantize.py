@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from speechvq.quantize import nearest_codewords
+
+
+def brute_force(frames, centroids):
+    d = (frames.double()[:, None, :] - centroids.double()[None]).square().sum(-1)
+    return d.min(1)
+
+
+@pytest.mark.parametrize("dim,size", [(39, 100), (3, 7), (128, 50)])
+def test_matches_exact_argmin(dim, size):
+    g = torch.Generator().manual_seed(dim)
+    frames = torch.randn(3000, dim, generator=g)
+    centroids = torch.randn(size, dim, generator=g)
+    idx, sq = nearest_codewords(frames, centroids)
+    ref_sq, ref_idx = brute_force(frames, centroids)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(sq.double(), ref_sq, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000, 100000])
+def test_chunk_size_does_not_change_units(chunk):
+    g = torch.Generator().manual_seed(0)
+    frames, centroids = torch.randn(2500, 13, generator=g), torch.randn(40, 13, generator=g)
+    full, _ = nearest_codewords(frames, centroids, chunk_size=1 << 20)
+    chunked, _ = nearest_codewords(frames, centroids, chunk_size=chunk)
+    assert torch.equal(full, chunked)
+
+
+def test_empty_input_and_dim_mismatch():
+    idx, sq = nearest_codewords(torch.zeros(0, 4), torch.randn(3, 4))
+    assert idx.shape == sq.shape == (0,)
+    with pytest.raises(ValueError, match="dim"):
+        nearest_codewords(torch.zeros(2, 4), torch.randn(3, 5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(0)
+    frames, centroids = torch.randn(50000, 39, generator=g), torch.randn(100, 39, generator=g)
+    cpu, _ = nearest_codewords(frames, centroids)
+    gpu, _ = nearest_codewords(frames.cuda(), centroids.cuda())
+    assert (cpu == gpu.cpu()).float().mean() > 0.9999
