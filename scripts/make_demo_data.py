@@ -59,7 +59,8 @@ class Espeak:
         self.lib = ctypes.CDLL(name)
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.sample_rate = self.lib.espeak_Initialize(
-            AUDIO_OUTPUT_SYNCHRONOUS, 200, None, INITIALIZE_PHONEME_EVENTS | INITIALIZE_DONT_EXIT)
+            AUDIO_OUTPUT_SYNCHRONOUS, 200, None, INITIALIZE_PHONEME_EVENTS | INITIALIZE_DONT_EXIT
+        )
         if self.sample_rate <= 0:
             raise RuntimeError("espeak_Initialize failed")
         self._chunks: list[np.ndarray] = []
@@ -114,13 +115,46 @@ def frame_labels(events: list[tuple[str, int]], duration_s: float) -> list[str]:
     return labels
 
 
-SUBJECTS = ["the old man", "a young girl", "my brother", "the farmer", "our teacher", "the small dog",
-            "a tired nurse", "the pilot", "her mother", "the quiet boy", "a busy cook", "the driver"]
+SUBJECTS = [
+    "the old man",
+    "a young girl",
+    "my brother",
+    "the farmer",
+    "our teacher",
+    "the small dog",
+    "a tired nurse",
+    "the pilot",
+    "her mother",
+    "the quiet boy",
+    "a busy cook",
+    "the driver",
+]
 VERBS = ["carried", "painted", "found", "washed", "sold", "opened", "watched", "dropped", "fixed", "lifted"]
-OBJECTS = ["a red box", "the heavy door", "seven apples", "the broken chair", "a warm coat", "the long rope",
-           "three blue cups", "the wooden boat", "a bag of rice", "the green lamp", "the silver key"]
-ENDINGS = ["before dinner", "in the morning", "near the river", "after the storm", "on a cold day",
-           "with great care", "at the station", "by the window", "without a word", "under the bridge"]
+OBJECTS = [
+    "a red box",
+    "the heavy door",
+    "seven apples",
+    "the broken chair",
+    "a warm coat",
+    "the long rope",
+    "three blue cups",
+    "the wooden boat",
+    "a bag of rice",
+    "the green lamp",
+    "the silver key",
+]
+ENDINGS = [
+    "before dinner",
+    "in the morning",
+    "near the river",
+    "after the storm",
+    "on a cold day",
+    "with great care",
+    "at the station",
+    "by the window",
+    "without a word",
+    "under the bridge",
+]
 VOICES = ["en-us", "en", "en-gb-scotland", "en-us+f3", "en+m3", "en-029", "en-us+m2", "en+f2"]
 
 

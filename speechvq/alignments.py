@@ -70,7 +70,10 @@ def read_textgrid(path: Path, rate_hz: float = 100.0, tier: str = "phones") -> l
             if name == tier:
                 if tier_class != "IntervalTier":
                     raise AlignmentError(path, f"tier {tier!r} is a {tier_class}, expected an IntervalTier")
-                intervals = [(float(entries[i]), float(entries[i + 1]), entries[i + 2].strip()) for i in range(0, len(entries), 3)]
+                intervals = [
+                    (float(entries[i]), float(entries[i + 1]), entries[i + 2].strip())
+                    for i in range(0, len(entries), 3)
+                ]
                 return _intervals_to_frames(intervals, rate_hz)
     except (IndexError, ValueError) as exc:
         raise AlignmentError(path, f"malformed TextGrid ({exc})") from None

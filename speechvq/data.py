@@ -7,7 +7,6 @@ import logging
 from collections.abc import Iterator
 from typing import Literal
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .audio import load_waveform, probe

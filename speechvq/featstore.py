@@ -29,8 +29,7 @@ class StoredUtterance:
 
 
 class FeatureWriter:
-    def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float,
-                 part_bytes: int = 64 << 20):
+    def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float, part_bytes: int = 64 << 20):
         self.folder = folder
         self.feature_config, self.dim, self.frame_rate_hz = feature_config, dim, frame_rate_hz
         self.part_frames = max(1, part_bytes // (4 * dim))
@@ -57,15 +56,18 @@ class FeatureWriter:
     def close(self, extra: dict) -> None:
         if self._pending or self._part == 0:
             self._flush()
-        write_json(self.folder / INDEX_FILE, {
-            "feature_config": self.feature_config,
-            "dim": self.dim,
-            "frame_rate_hz": self.frame_rate_hz,
-            "num_parts": self._part,
-            "num_frames": sum(e.num_frames for e in self.entries),
-            "utterances": [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries],
-            **extra,
-        })
+        write_json(
+            self.folder / INDEX_FILE,
+            {
+                "feature_config": self.feature_config,
+                "dim": self.dim,
+                "frame_rate_hz": self.frame_rate_hz,
+                "num_parts": self._part,
+                "num_frames": sum(e.num_frames for e in self.entries),
+                "utterances": [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries],
+                **extra,
+            },
+        )
 
 
 class FeatureStore:
@@ -96,8 +98,9 @@ class FeatureStore:
     def iter_utterances(self) -> Iterator[FeatureMatrix]:
         for entries, frames in self.iter_parts():
             for entry in entries:
-                yield FeatureMatrix(entry.utt_id, frames[entry.offset : entry.offset + entry.num_frames],
-                                    self.frame_rate_hz)
+                yield FeatureMatrix(
+                    entry.utt_id, frames[entry.offset : entry.offset + entry.num_frames], self.frame_rate_hz
+                )
 
     def gather(self, frame_indices: torch.Tensor) -> torch.Tensor:
         """Rows at sorted global frame indices (num,) -> (num, dim), reading one part at a time."""

@@ -39,8 +39,9 @@ def distortion(sum_sq_error: float, num_frames: int, dim: int, total_variance: f
     }
 
 
-def bitrates(codebook_size: int, frame_rate_hz: float, entropy_bits: float,
-             dedup_units_per_s: float, dedup_entropy_bits: float) -> dict:
+def bitrates(
+    codebook_size: int, frame_rate_hz: float, entropy_bits: float, dedup_units_per_s: float, dedup_entropy_bits: float
+) -> dict:
     return {
         "bitrate_bps": frame_rate_hz * math.log2(codebook_size),  # fixed-length code per frame
         "entropy_bitrate_bps": frame_rate_hz * entropy_bits,  # ideal entropy code per frame
@@ -119,6 +120,11 @@ class MetricsAccumulator:
             "duration_s": duration_s,
             **distortion(self.sum_sq_error, self.num_frames, self.centroids.shape[1], float(variance)),
             **usage,
-            **bitrates(self.counts.numel(), self.frame_rate_hz, usage["entropy_bits"],
-                       self.num_dedup / duration_s if duration_s else 0.0, dedup_entropy),
+            **bitrates(
+                self.counts.numel(),
+                self.frame_rate_hz,
+                usage["entropy_bits"],
+                self.num_dedup / duration_s if duration_s else 0.0,
+                dedup_entropy,
+            ),
         }

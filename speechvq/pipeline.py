@@ -67,8 +67,12 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
     result.run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     log.info("run folder %s, device %s, stages %s", result.run_dir, device, list(config.stages))
-    stage_functions = {"features": extract_features, "train": train_codebook,
-                       "quantize": quantize_dataset, "evaluate": evaluate}
+    stage_functions = {
+        "features": extract_features,
+        "train": train_codebook,
+        "quantize": quantize_dataset,
+        "evaluate": evaluate,
+    }
     for stage in STAGES:  # canonical order, whatever order the config lists them in
         if stage in config.stages:
             start = time.perf_counter()
@@ -85,11 +89,14 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     found = len(utterances)
     good, skipped = check_files(utterances, config.data.on_error)
     extractor = build_extractor(config.features)
-    writer = FeatureWriter(result.run_dir / FEATURES_DIR, config.features.to_dict(), extractor.dim,
-                           extractor.frame_rate_hz)
+    writer = FeatureWriter(
+        result.run_dir / FEATURES_DIR, config.features.to_dict(), extractor.dim, extractor.frame_rate_hz
+    )
     by_id = {u.utt_id: u for u in good}
     processed = []
-    waveforms = iter_waveforms(good, config.features.sample_rate, config.data.num_workers, config.data.on_error, skipped)
+    waveforms = iter_waveforms(
+        good, config.features.sample_rate, config.data.num_workers, config.data.on_error, skipped
+    )
     with torch.inference_mode():
         for waveform in tqdm(waveforms, total=len(good), desc="features", unit="utt", disable=None):
             frames = extractor(waveform.samples.to(device))
@@ -100,8 +107,11 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     if not processed:
         raise EmptyDatasetError(config.data.path, f"all {found} files failed (see {ERRORS_FILE})")
     root = Path(os.path.commonpath([u.path.parent for u in processed]))
-    io.write_fairseq_tsv(result.run_dir / f"{config.data.split}.tsv", root,
-                         ((u.path.relative_to(root).as_posix(), u.num_samples) for u in processed))
+    io.write_fairseq_tsv(
+        result.run_dir / f"{config.data.split}.tsv",
+        root,
+        ((u.path.relative_to(root).as_posix(), u.num_samples) for u in processed),
+    )
     writer.close({"counts": result.counts, "source": str(config.data.path)})
     log.info("features: %d processed, %d skipped of %d found", len(processed), len(skipped), found)
 
@@ -141,9 +151,16 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
         frames = (frames - mean) / std
     generator = torch.Generator(device=device).manual_seed(config.seed)
     log.info("train: k-means K=%d on %d of %d frames (dim %d) on %s", size, take, store.num_frames, store.dim, device)
-    fit = kmeans(frames.to(device), size, generator=generator, max_iter=config.codebook.max_iter,
-                 tol=config.codebook.tol, n_init=config.codebook.n_init, chunk_size=config.codebook.chunk_size,
-                 progress=True)
+    fit = kmeans(
+        frames.to(device),
+        size,
+        generator=generator,
+        max_iter=config.codebook.max_iter,
+        tol=config.codebook.tol,
+        n_init=config.codebook.n_init,
+        chunk_size=config.codebook.chunk_size,
+        progress=True,
+    )
     codebook = Codebook(
         centroids=fit.centroids.cpu(),
         feature_config=store.feature_config,
@@ -165,8 +182,9 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
         },
     )
     codebook.save(result.run_dir / CODEBOOK_FILE)
-    log.info("train: inertia %.6g after %d iterations; codebook %s", fit.inertia, fit.num_iterations,
-             codebook.fingerprint)
+    log.info(
+        "train: inertia %.6g after %d iterations; codebook %s", fit.inertia, fit.num_iterations, codebook.fingerprint
+    )
 
 
 def _codebook_for(config: RunConfig, result: RunResult, stage: str) -> Codebook:
@@ -197,27 +215,49 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
             for entry in entries:
                 utt_units = units[entry.offset : entry.offset + entry.num_frames]
                 km.write(io.units_to_line(utt_units) + "\n")
-                jsonl.write(json.dumps({"id": entry.utt_id, "units": utt_units.tolist(),
-                                        "num_frames": entry.num_frames, "frame_rate_hz": store.frame_rate_hz},
-                                       separators=(",", ":")) + "\n")
+                jsonl.write(
+                    json.dumps(
+                        {
+                            "id": entry.utt_id,
+                            "units": utt_units.tolist(),
+                            "num_frames": entry.num_frames,
+                            "frame_rate_hz": store.frame_rate_hz,
+                        },
+                        separators=(",", ":"),
+                    )
+                    + "\n"
+                )
                 if dedup is not None:
                     values, durations = io.deduplicate(utt_units)
-                    dedup.write(json.dumps({"id": entry.utt_id, "units": values.tolist(),
-                                            "durations": durations.tolist()}, separators=(",", ":")) + "\n")
+                    dedup.write(
+                        json.dumps(
+                            {"id": entry.utt_id, "units": values.tolist(), "durations": durations.tolist()},
+                            separators=(",", ":"),
+                        )
+                        + "\n"
+                    )
             bar.update(len(entries))
     io.write_km_dict(out / "dict.km.txt", codebook.codebook_size)
-    io.write_json(out / UNITS_META_FILE, {
-        "codebook_fingerprint": codebook.fingerprint,
-        "codebook_size": codebook.codebook_size,
-        "feature_config": store.feature_config,
-        "frame_rate_hz": store.frame_rate_hz,
-        "num_utterances": len(store.utterances),
-        "num_frames": store.num_frames,
-        "files": {f"{split}.km": "fairseq labels, one line per line of " + f"{split}.tsv",
-                  "units.jsonl": "id, units, num_frames, frame_rate_hz",
-                  **({"units_dedup.jsonl": "id, run-length deduplicated units, durations in frames"}
-                     if config.quantize.dedup else {})},
-    })
+    io.write_json(
+        out / UNITS_META_FILE,
+        {
+            "codebook_fingerprint": codebook.fingerprint,
+            "codebook_size": codebook.codebook_size,
+            "feature_config": store.feature_config,
+            "frame_rate_hz": store.frame_rate_hz,
+            "num_utterances": len(store.utterances),
+            "num_frames": store.num_frames,
+            "files": {
+                f"{split}.km": "fairseq labels, one line per line of " + f"{split}.tsv",
+                "units.jsonl": "id, units, num_frames, frame_rate_hz",
+                **(
+                    {"units_dedup.jsonl": "id, run-length deduplicated units, durations in frames"}
+                    if config.quantize.dedup
+                    else {}
+                ),
+            },
+        },
+    )
     log.info("quantize: %d utterances, %d frames -> %s", len(store.utterances), store.num_frames, out / f"{split}.km")
 
 
@@ -233,40 +273,59 @@ def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None
         raise MissingArtifactError(km_path, "evaluate")
     meta = json.loads((result.run_dir / UNITS_META_FILE).read_text())
     if meta["codebook_fingerprint"] != codebook.fingerprint:
-        raise ConfigError("codebook", codebook.fingerprint,
-                          f"{km_path} was made with codebook {meta['codebook_fingerprint']}; re-run quantize")
-    alignments = (read_alignments(config.data.alignments, config.data.alignment_rate_hz)
-                  if config.data.alignments else {})
+        raise ConfigError(
+            "codebook",
+            codebook.fingerprint,
+            f"{km_path} was made with codebook {meta['codebook_fingerprint']}; re-run quantize",
+        )
+    alignments = (
+        read_alignments(config.data.alignments, config.data.alignment_rate_hz) if config.data.alignments else {}
+    )
     phones: dict[str, int] = {}
     joint: list[tuple[torch.Tensor, torch.Tensor]] = []
     accumulator = MetricsAccumulator(codebook.centroids, store.frame_rate_hz)
     with km_path.open() as km:
-        for features in tqdm(store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None):
+        for features in tqdm(
+            store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
+        ):
             line = km.readline()
             units = torch.tensor([int(u) for u in line.split()], dtype=torch.long)
             if units.numel() != features.num_frames:
-                raise ConfigError("data.split", config.data.split,
-                                  f"{km_path} does not match the features at {features.utt_id!r}; re-run quantize")
+                raise ConfigError(
+                    "data.split",
+                    config.data.split,
+                    f"{km_path} does not match the features at {features.utt_id!r}; re-run quantize",
+                )
             accumulator.add(codebook.normalize(features.frames), units)
             if features.utt_id in alignments:
-                joint.append(_paired_labels(features.utt_id, units, alignments[features.utt_id], phones,
-                                            store.frame_rate_hz, config))
+                joint.append(
+                    _paired_labels(
+                        features.utt_id, units, alignments[features.utt_id], phones, store.frame_rate_hz, config
+                    )
+                )
     metrics = {"codebook_fingerprint": codebook.fingerprint, **accumulator.result()}
     if joint:
         phone_ids = torch.cat([p for p, _ in joint])
         unit_ids = torch.cat([u for _, u in joint])
         counts = torch.zeros(len(phones), codebook.codebook_size, dtype=torch.long)
         counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
-        metrics["alignment"] = {"num_utterances": len(joint), "num_frames": int(unit_ids.numel()),
-                                "num_phones": len(phones), **phone_unit_scores(counts)}
+        metrics["alignment"] = {
+            "num_utterances": len(joint),
+            "num_frames": int(unit_ids.numel()),
+            "num_phones": len(phones),
+            **phone_unit_scores(counts),
+        }
     elif alignments:
         raise AlignmentError(config.data.alignments, "no utterance id matches the dataset's ids")
     metrics["counts"] = result.counts
     io.write_json(result.run_dir / METRICS_FILE, metrics)
     if config.evaluate.plot:
-        plot_codebook_usage(accumulator.counts, result.run_dir / USAGE_PLOT_FILE,
-                            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
-                            f"perplexity {metrics['perplexity']:.1f}")
+        plot_codebook_usage(
+            accumulator.counts,
+            result.run_dir / USAGE_PLOT_FILE,
+            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
+            f"perplexity {metrics['perplexity']:.1f}",
+        )
     result.metrics = metrics
 
 
@@ -276,12 +335,16 @@ def _paired_labels(utt_id, units, labels, phones, unit_rate_hz, config) -> tuple
     ratio = config.data.alignment_rate_hz / unit_rate_hz
     expected = round(len(labels) / ratio)
     if abs(expected - units.numel()) > config.evaluate.alignment_tolerance_frames:
-        raise AlignmentError(utt_id, f"{len(labels)} labels at {config.data.alignment_rate_hz} Hz cover "
-                                     f"{expected} unit frames, but there are {units.numel()}")
+        raise AlignmentError(
+            utt_id,
+            f"{len(labels)} labels at {config.data.alignment_rate_hz} Hz cover "
+            f"{expected} unit frames, but there are {units.numel()}",
+        )
     label_index = (torch.arange(units.numel()) * ratio).long()
     keep = label_index < len(labels)
-    phone_ids = torch.tensor([phones.setdefault(labels[i], len(phones)) for i in label_index[keep].tolist()],
-                             dtype=torch.long)
+    phone_ids = torch.tensor(
+        [phones.setdefault(labels[i], len(phones)) for i in label_index[keep].tolist()], dtype=torch.long
+    )
     return phone_ids, units[keep]
 
 
@@ -293,8 +356,12 @@ def format_report(result: RunResult) -> str:
     for stage, seconds in result.stage_seconds.items():
         rows.append((f"time {stage}", f"{seconds:.1f} s"))
     if result.counts:
-        rows.append(("files found / processed / skipped",
-                     f"{result.counts.get('found')} / {result.counts.get('processed')} / {result.counts.get('skipped')}"))
+        rows.append(
+            (
+                "files found / processed / skipped",
+                f"{result.counts.get('found')} / {result.counts.get('processed')} / {result.counts.get('skipped')}",
+            )
+        )
     m = result.metrics
     if m:
         rows += [
@@ -316,5 +383,3 @@ def format_report(result: RunResult) -> str:
             ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-
-

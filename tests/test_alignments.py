@@ -3,7 +3,7 @@ import pytest
 from speechvq.alignments import read_alignments
 from speechvq.errors import AlignmentError
 
-LONG = '''File type = "ooTextFile"
+LONG = """File type = "ooTextFile"
 Object class = "TextGrid"
 
 xmin = 0
@@ -39,9 +39,9 @@ item []:
             xmin = 0.065
             xmax = 0.1
             text = "AY1"
-'''
+"""
 
-SHORT = '''File type = "ooTextFile"
+SHORT = """File type = "ooTextFile"
 Object class = "TextGrid"
 
 0
@@ -62,7 +62,7 @@ Object class = "TextGrid"
 0.065
 0.1
 "AY1"
-'''
+"""
 
 EXPECTED = ["sil", "sil", "HH", "HH", "HH", "HH", "AY1", "AY1", "AY1", "AY1"]  # frame centres 5, 15, ... 95 ms
 

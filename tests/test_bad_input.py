@@ -32,9 +32,12 @@ BAD_FILES = {
 
 
 def config_for(path, on_error="raise", **kw) -> RunConfig:
-    return RunConfig(data=DataConfig(path=str(path), alignments=None, num_workers=0, on_error=on_error),
-                     codebook=CodebookConfig(codebook_size=4, n_init=1, max_iter=5), device="cpu",
-                     stages=kw.get("stages", ["features"]))
+    return RunConfig(
+        data=DataConfig(path=str(path), alignments=None, num_workers=0, on_error=on_error),
+        codebook=CodebookConfig(codebook_size=4, n_init=1, max_iter=5),
+        device="cpu",
+        stages=kw.get("stages", ["features"]),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))

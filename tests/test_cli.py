@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from speechvq.config import RunConfig
@@ -21,18 +21,40 @@ CONF = REPO / "conf"
 
 def run_cli(*overrides, cwd=REPO):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "speechvq.run", *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "speechvq.run", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_end_to_end(dataset, tmp_path):
     run_dir = tmp_path / "run"
-    done = run_cli(f"data.path={dataset}", "data.alignments=null", f"hydra.run.dir={run_dir}",
-                   "codebook.codebook_size=6", "codebook.n_init=1", "data.num_workers=1")
+    done = run_cli(
+        f"data.path={dataset}",
+        "data.alignments=null",
+        f"hydra.run.dir={run_dir}",
+        "codebook.codebook_size=6",
+        "codebook.n_init=1",
+        "data.num_workers=1",
+    )
     assert done.returncode == 0, done.stderr
     assert f"outputs in {run_dir}" in done.stdout and "SQNR" in done.stdout
-    for name in ("train.km", "train.tsv", "dict.km.txt", "units.jsonl", "codebook.safetensors",
-                 "metrics.json", "codebook_usage.png", "errors.tsv", ".hydra/config.yaml", "run.log"):
+    for name in (
+        "train.km",
+        "train.tsv",
+        "dict.km.txt",
+        "units.jsonl",
+        "codebook.safetensors",
+        "metrics.json",
+        "codebook_usage.png",
+        "errors.tsv",
+        ".hydra/config.yaml",
+        "run.log",
+    ):
         assert (run_dir / name).exists(), name
     assert json.loads((run_dir / "metrics.json").read_text())["num_utterances"] == 6
 

@@ -55,8 +55,9 @@ def test_inertia_never_increases_and_matches_assignment():
 
 def test_n_init_keeps_the_best_restart():
     points = torch.randn(3000, 4, generator=torch.Generator().manual_seed(2))
-    single = [kmeans(points, 30, generator=torch.Generator().manual_seed(s), n_init=1, max_iter=5).inertia
-              for s in range(1)]
+    single = [
+        kmeans(points, 30, generator=torch.Generator().manual_seed(s), n_init=1, max_iter=5).inertia for s in range(1)
+    ]
     best = kmeans(points, 30, generator=torch.Generator().manual_seed(0), n_init=4, max_iter=5)
     assert best.inertia <= single[0]
 

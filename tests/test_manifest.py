@@ -32,8 +32,12 @@ def test_fairseq_tsv_bad_line(tmp_path):
 
 def test_jsonl_manifest(dataset, tmp_path):
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"id": "x", "path": str(dataset / "b/utt0.wav")}) + "\n"
-                        + json.dumps({"path": str(dataset / "a/utt1.wav")}) + "\n")
+    manifest.write_text(
+        json.dumps({"id": "x", "path": str(dataset / "b/utt0.wav")})
+        + "\n"
+        + json.dumps({"path": str(dataset / "a/utt1.wav")})
+        + "\n"
+    )
     assert [u.utt_id for u in list_utterances(manifest)] == ["x", "corpus/a/utt1"]
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
     with pytest.raises(ManifestError, match="bad.jsonl:1"):
@@ -42,8 +46,9 @@ def test_jsonl_manifest(dataset, tmp_path):
 
 def test_duplicate_ids_are_refused(dataset, tmp_path):
     manifest = tmp_path / "dup.jsonl"
-    manifest.write_text("".join(json.dumps({"id": "same", "path": str(p)}) + "\n"
-                                for p in sorted(dataset.rglob("*.wav"))[:2]))
+    manifest.write_text(
+        "".join(json.dumps({"id": "same", "path": str(p)}) + "\n" for p in sorted(dataset.rglob("*.wav"))[:2])
+    )
     with pytest.raises(ManifestError, match="duplicate"):
         list_utterances(manifest)
 
@@ -63,6 +68,6 @@ def test_sharding_follows_fairseq_rule_and_partitions(total, shards):
     parts = [shard(items, shards, r) for r in range(shards)]
     assert sum(parts, []) == items
     for r, part in enumerate(parts):
-        assert part == items[round(total * r / shards): round(total * (r + 1) / shards)]
+        assert part == items[round(total * r / shards) : round(total * (r + 1) / shards)]
     with pytest.raises(ValueError):
         shard(items, shards, shards)

@@ -10,8 +10,11 @@ from speechvq.errors import CodebookMismatchError, MissingArtifactError
 
 
 def make_config(path, **overrides) -> RunConfig:
-    config = RunConfig(data=DataConfig(path=str(path), alignments=None, num_workers=0),
-                       codebook=CodebookConfig(codebook_size=8, n_init=1, max_iter=20), device="cpu")
+    config = RunConfig(
+        data=DataConfig(path=str(path), alignments=None, num_workers=0),
+        codebook=CodebookConfig(codebook_size=8, n_init=1, max_iter=20),
+        device="cpu",
+    )
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -76,8 +79,9 @@ def test_reuse_codebook_on_another_dataset(dataset, tmp_path):
 
 def test_feature_mismatch_with_reused_codebook_is_refused(dataset, tmp_path):
     pipeline.run(make_config(dataset), tmp_path / "train")
-    config = make_config(dataset, features=FeatureConfig(name="fbank", num_mel_bins=39, deltas=False),
-                         stages=["features", "quantize"])
+    config = make_config(
+        dataset, features=FeatureConfig(name="fbank", num_mel_bins=39, deltas=False), stages=["features", "quantize"]
+    )
     config.codebook.path = str(tmp_path / "train")
     with pytest.raises(CodebookMismatchError, match="feature config"):
         pipeline.run(config, tmp_path / "apply")

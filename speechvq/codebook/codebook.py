@@ -63,8 +63,9 @@ class Codebook:
                 for key in sorted(set(feature_config) | set(self.feature_config))
                 if feature_config.get(key) != self.feature_config.get(key)
             }
-            raise CodebookMismatchError("feature config", {k: v[0] for k, v in differing.items()},
-                                        {k: v[1] for k, v in differing.items()})
+            raise CodebookMismatchError(
+                "feature config", {k: v[0] for k, v in differing.items()}, {k: v[1] for k, v in differing.items()}
+            )
 
     def metadata(self) -> dict:
         return {
@@ -129,4 +130,3 @@ def load_codebook(path: str | Path) -> Codebook:
     if codebook.fingerprint != meta.get("fingerprint"):
         raise CodebookFileError(path, "content does not match its recorded fingerprint (file altered or corrupt)")
     return codebook
-

@@ -46,10 +46,22 @@ def kmeans(
     best: KMeansResult | None = None
     for restart in range(n_init):
         centroids = kmeans_plusplus(frames, codebook_size, generator=generator, chunk_size=chunk_size)
-        result = lloyd(frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size,
-                       progress=progress, description=f"k-means {restart + 1}/{n_init}")
-        log.info("k-means restart %d/%d: inertia %.6g after %d iterations", restart + 1, n_init,
-                 result.inertia, result.num_iterations)
+        result = lloyd(
+            frames,
+            centroids,
+            max_iter=max_iter,
+            tol=tol,
+            chunk_size=chunk_size,
+            progress=progress,
+            description=f"k-means {restart + 1}/{n_init}",
+        )
+        log.info(
+            "k-means restart %d/%d: inertia %.6g after %d iterations",
+            restart + 1,
+            n_init,
+            result.inertia,
+            result.num_iterations,
+        )
         if best is None or result.inertia < best.inertia:
             best = result
     return best
@@ -91,8 +103,7 @@ def lloyd(
     converged = False
     labels, sq_dists = nearest_codewords(frames, centroids, chunk_size)
     bar = tqdm(total=max_iter, desc=description, disable=None if progress else True, leave=False)
-    iteration = 0
-    for iteration in range(1, max_iter + 1):
+    for _ in range(max_iter):
         centroids = _update(frames, labels, sq_dists, centroids, codebook_size)
         new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size)
         inertia = float(sq_dists.sum(dtype=torch.float64))
@@ -106,7 +117,7 @@ def lloyd(
             converged = True
             break
     bar.close()
-    return KMeansResult(centroids, history[-1], iteration, converged, history)
+    return KMeansResult(centroids, history[-1], len(history), converged, history)
 
 
 def _update(frames, labels, sq_dists, centroids, codebook_size) -> torch.Tensor:

@@ -85,7 +85,8 @@ class FbankExtractor(_FrameExtractor):
 
 
 class LibrosaMFCCExtractor(_FrameExtractor):
-    """torchaudio.transforms.MFCC configured to equal librosa.feature.mfcc(y, sr, n_mfcc, n_fft=win, hop_length, n_mels)."""
+    """torchaudio.transforms.MFCC set up to equal
+    librosa.feature.mfcc(y, sr, n_mfcc, n_fft=window, hop_length, n_mels)."""
 
     def __init__(self, config: FeatureConfig):
         super().__init__(config, config.num_ceps, config.deltas)
