@@ -36,3 +36,9 @@ def test_km_and_dict_formats(tmp_path):
     assert count == 2 and (tmp_path / "x.km").read_text() == "1 2 2\n\n"
     io.write_km_dict(tmp_path / "dict.km.txt", 3)
     assert (tmp_path / "dict.km.txt").read_text() == "0 1\n1 1\n2 1\n"
+
+
+def test_finished_files_follow_the_umask(tmp_path):
+    target = tmp_path / "out.txt"
+    io.write_text(target, "x")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
