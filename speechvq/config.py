@@ -26,14 +26,59 @@ class FeatureConfig:
     frame_shift_ms: float = 10.0
     deltas: bool = True  # append deltas and delta-deltas (mfcc_hubert, mfcc)
     normalize: str = "none"  # none | utterance (CMVN per utterance) | global (stats stored with the codebook)
+    checkpoint: str | None = None  # conv_encoder / ssl: model weights (conv_encoder: a run folder works too)
+    ssl_model: str = "hubert_base"  # ssl: hubert_base | hubert_large | wav2vec2_base | wav2vec2_large
+    layer: int = 6  # ssl: transformer layer whose output is the feature (1-based)
+    chunk_s: float = 30.0  # ssl: longer audio runs in chunks of this length with 1 s of context each side
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass
+class EncoderModelConfig:
+    """Conv encoder (wav2vec 2.0 feature-encoder family) and log-mel decoder sizes."""
+
+    channels: int = 512
+    kernels: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    strides: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])  # 320 samples = 20 ms at 16 kHz
+    code_dim: int = 64
+    decoder_channels: int = 256
+
+
+@dataclass
+class QuantizerConfig:
+    name: str = "vq_ema"  # vq_ema | gumbel | residual | product
+    codebook_size: int = 256  # entries per codebook
+    num_codebooks: int = 1  # residual stages | product groups | gumbel groups
+    commitment: float = 0.25  # vq_ema-based: weight of ||z - sg(q)||^2
+    ema_decay: float = 0.99
+    dead_code_steps: int = 50  # re-seed a code unused for this many steps (0 = never)
+    kmeans_init: bool = True  # initialise codebooks by k-means on the first batch
+    quantizer_dropout: bool = True  # residual: train on a random number of stages per batch
+    diversity_weight: float = 0.1  # gumbel
+    gumbel_temperature: list[float] = field(default_factory=lambda: [2.0, 0.5])  # annealed start -> end
+
+
+@dataclass
+class TrainEncoderConfig:
+    model: EncoderModelConfig = field(default_factory=EncoderModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    steps: int = 2000
+    batch_size: int = 16
+    segment_s: float = 1.0  # random crops of this length (shorter utterances are zero-padded)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    validation_fraction: float = 0.05
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    max_train_seconds: float = 3600.0  # audio held in memory for training (a capped subset of the data)
+
+
+@dataclass
 class CodebookConfig:
-    name: str = "kmeans"
+    name: str = "kmeans"  # kmeans | learned (the train_encoder model's own quantizer)
     path: str | None = None  # reuse a trained codebook (.safetensors or a run folder) instead of training
     codebook_size: int = 100
     max_iter: int = 100
@@ -53,6 +98,8 @@ class QuantizeConfig:
 class EvaluateConfig:
     plot: bool = True  # codebook usage PNG
     alignment_tolerance_frames: int = 3  # allowed length difference between units and labels
+    reconstruction: bool = True  # log-mel distances of the reconstruction from units (where defined)
+    resynthesize: int = 0  # write this many Griffin-Lim WAVs from units beside the originals
 
 
 @dataclass
@@ -60,6 +107,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    train_encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     stages: list[str] = field(default_factory=lambda: ["features", "train", "quantize", "evaluate"])

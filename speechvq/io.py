@@ -5,6 +5,7 @@ leaves a partial file under the final name."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -74,6 +75,22 @@ def deduplicate(units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return units.clone(), torch.zeros(0, dtype=torch.long)
     values, counts = torch.unique_consecutive(units, return_counts=True)
     return values, counts
+
+
+def deduplicate_rows(units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run-length encode (num_frames, num_codebooks) codes, a frame being a repeat when all its codes are."""
+    if units.shape[0] == 0:
+        return units.clone(), torch.zeros(0, dtype=torch.long)
+    return torch.unique_consecutive(units, dim=0, return_counts=True)
+
+
+def write_wav(path: str | Path, samples: torch.Tensor, sample_rate: int) -> None:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples.detach().cpu().float().clamp(-1, 1).numpy(), sample_rate, format="WAV",
+                    subtype="PCM_16")
+    write_bytes(path, buffer.getvalue())
 
 
 def write_km(path: str | Path, sequences: Iterable[torch.Tensor]) -> int:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .io import deduplicate
+from .io import deduplicate_rows
 
 
 def unit_distribution(counts: torch.Tensor) -> dict:
@@ -79,52 +79,62 @@ def _entropy_bits(counts: torch.Tensor) -> float:
 
 
 class MetricsAccumulator:
-    """One pass over (frames, units) per utterance; `result()` turns the sums into the metrics above."""
+    """One pass over (frames, quantized frames, units) per utterance; `result()` turns the sums into the
+    metrics above. With several codebooks, usage and perplexity are per-codebook averages, the entropy is the
+    sum over codebooks (an upper bound on the joint entropy) and deduplication treats a frame's codes as one."""
 
-    def __init__(self, centroids: torch.Tensor, frame_rate_hz: float):
-        self.centroids = centroids
-        self.frame_rate_hz = frame_rate_hz
-        size, dim = centroids.shape
-        self.counts = torch.zeros(size, dtype=torch.long)
-        self.dedup_counts = torch.zeros(size, dtype=torch.long)
+    def __init__(self, codebook_size: int, num_codebooks: int, frame_rate_hz: float):
+        self.codebook_size, self.num_codebooks, self.frame_rate_hz = codebook_size, num_codebooks, frame_rate_hz
+        self.counts = torch.zeros(num_codebooks, codebook_size, dtype=torch.long)
+        self.dedup_counts = torch.zeros(num_codebooks, codebook_size, dtype=torch.long)
         self.sum_sq_error = 0.0
-        self.feature_sum = torch.zeros(dim, dtype=torch.float64)
-        self.feature_sq_sum = torch.zeros(dim, dtype=torch.float64)
-        self.num_frames = 0
-        self.num_dedup = 0
-        self.num_utterances = 0
+        self.feature_sum = self.feature_sq_sum = None
+        self.num_frames = self.num_dedup = self.num_utterances = 0
 
-    def add(self, frames: torch.Tensor, units: torch.Tensor) -> None:
-        """frames (num_frames, dim) in the codebook's (normalized) space; units (num_frames,)."""
-        frames64 = frames.to(torch.float64)
-        error = frames64 - self.centroids[units].to(torch.float64)
-        self.sum_sq_error += float(error.square().sum())
+    def add(self, frames: torch.Tensor, quantized: torch.Tensor, units: torch.Tensor) -> None:
+        """frames, quantized (num_frames, dim) in the quantizer's space; units (num_frames, num_codebooks)."""
+        frames64 = frames.cpu().to(torch.float64)
+        if self.feature_sum is None:
+            self.feature_sum = torch.zeros(frames.shape[1], dtype=torch.float64)
+            self.feature_sq_sum = torch.zeros(frames.shape[1], dtype=torch.float64)
+        self.sum_sq_error += float((frames64 - quantized.cpu().to(torch.float64)).square().sum())
         self.feature_sum += frames64.sum(dim=0)
         self.feature_sq_sum += frames64.square().sum(dim=0)
-        self.counts += torch.bincount(units, minlength=self.counts.numel())
-        dedup, _ = deduplicate(units)
-        self.dedup_counts += torch.bincount(dedup, minlength=self.counts.numel())
-        self.num_frames += units.numel()
-        self.num_dedup += dedup.numel()
+        dedup, _ = deduplicate_rows(units)
+        for stream in range(self.num_codebooks):
+            self.counts[stream] += torch.bincount(units[:, stream], minlength=self.codebook_size)
+            self.dedup_counts[stream] += torch.bincount(dedup[:, stream], minlength=self.codebook_size)
+        self.num_frames += units.shape[0]
+        self.num_dedup += dedup.shape[0]
         self.num_utterances += 1
 
     def result(self) -> dict:
         n = max(self.num_frames, 1)
-        variance = (self.feature_sq_sum / n - (self.feature_sum / n).square()).clamp(min=0).sum()
-        usage = unit_distribution(self.counts)
+        dim = self.feature_sum.numel() if self.feature_sum is not None else 1
+        variance = 0.0
+        if self.feature_sum is not None:
+            variance = float((self.feature_sq_sum / n - (self.feature_sum / n).square()).clamp(min=0).sum())
+        streams = [unit_distribution(c) for c in self.counts]
+        entropy = sum(s["entropy_bits"] for s in streams)
         duration_s = self.num_frames / self.frame_rate_hz
-        dedup_entropy = _entropy_bits(self.dedup_counts.to(torch.float64))
+        dedup_entropy = sum(_entropy_bits(c.to(torch.float64)) for c in self.dedup_counts)
+        usage = {
+            "codebook_size": self.codebook_size,
+            "num_codebooks": self.num_codebooks,
+            "codes_used": sum(s["codes_used"] for s in streams),
+            "usage": sum(s["usage"] for s in streams) / len(streams),
+            "dead_codes": sum(s["dead_codes"] for s in streams),
+            "entropy_bits": entropy,
+            "perplexity": 2.0 ** (entropy / len(streams)) if self.num_frames else 0.0,
+        }
+        rates = bitrates(self.codebook_size, self.frame_rate_hz, entropy,
+                         self.num_dedup / duration_s if duration_s else 0.0, dedup_entropy)
+        rates["bitrate_bps"] *= self.num_codebooks
         return {
             "num_utterances": self.num_utterances,
             "num_frames": self.num_frames,
             "duration_s": duration_s,
-            **distortion(self.sum_sq_error, self.num_frames, self.centroids.shape[1], float(variance)),
+            **distortion(self.sum_sq_error, self.num_frames, dim, variance),
             **usage,
-            **bitrates(
-                self.counts.numel(),
-                self.frame_rate_hz,
-                usage["entropy_bits"],
-                self.num_dedup / duration_s if duration_s else 0.0,
-                dedup_entropy,
-            ),
+            **rates,
         }

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .alignments import read_alignments
-from .codebook import Codebook, kmeans, load_codebook
+from .codebook import Codebook, kmeans
 from .codebook.codebook import CODEBOOK_FILE
 from .config import RunConfig
 from .data import check_files, iter_waveforms
@@ -26,12 +28,13 @@ from .features import build_extractor
 from .manifest import list_utterances
 from .metrics import MetricsAccumulator, phone_unit_scores
 from .plots import plot_codebook_usage
-from .quantize import nearest_codewords
-from .types import FeatureMatrix, SkippedFile
+from .reconstruct import build_reconstructor, griffin_lim, logmel_distances, mel_cepstral_distortion, reference_logmel
+from .types import FeatureMatrix, SkippedFile, Utterance
+from .units import load_unit_model
 
 log = logging.getLogger(__name__)
 
-STAGES = ("features", "train", "quantize", "evaluate")
+STAGES = ("train_encoder", "features", "train", "quantize", "evaluate")
 FEATURES_DIR = "features"
 ERRORS_FILE = "errors.tsv"
 UNITS_META_FILE = "units.meta.json"
@@ -62,12 +65,16 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
         raise ConfigError("stages", list(config.stages), f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if config.data.on_error not in ("raise", "skip"):
         raise ConfigError("data.on_error", config.data.on_error, "choose raise or skip")
-    build_extractor(config.features)  # validates the feature config before any work
+    if config.features.name == "conv_encoder" and not config.features.checkpoint:
+        config.features.checkpoint = str(run_dir)  # the model train_encoder makes (or made) in this run folder
+    if config.features.name not in ("conv_encoder", "ssl"):
+        build_extractor(config.features)  # validates the feature config before any work
     result = RunResult(Path(run_dir))
     result.run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     log.info("run folder %s, device %s, stages %s", result.run_dir, device, list(config.stages))
     stage_functions = {
+        "train_encoder": train_encoder,
         "features": extract_features,
         "train": train_codebook,
         "quantize": quantize_dataset,
@@ -81,6 +88,30 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
     return result
 
 
+# ---------------------------------------------------------------- train_encoder
+
+
+def train_encoder(config: RunConfig, result: RunResult, device: torch.device) -> None:
+    """Train the conv VQ-VAE on (a capped subset of) the dataset's audio, held in memory."""
+    from .learned.train import loss_curve_png, train_vqvae
+
+    utterances = list_utterances(config.data.path)
+    good, skipped = check_files(utterances, config.data.on_error)
+    rate = config.features.sample_rate
+    waves, seconds = [], 0.0
+    for waveform in iter_waveforms(good, rate, config.data.num_workers, config.data.on_error, skipped):
+        waves.append(waveform.samples)
+        seconds += waveform.duration_s
+        if seconds >= config.train_encoder.max_train_seconds:
+            break
+    if len(waves) < 2:
+        raise EmptyDatasetError(config.data.path, "train_encoder needs at least 2 readable files")
+    log.info("train_encoder: %d utterances, %.1f s of audio, %d steps on %s", len(waves), seconds,
+             config.train_encoder.steps, device)
+    _, history = train_vqvae(config.train_encoder, waves, result.run_dir / "encoder", device, config.seed, rate)
+    loss_curve_png(history, result.run_dir / "loss_curve.png")
+
+
 # ---------------------------------------------------------------- features
 
 
@@ -89,9 +120,8 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     found = len(utterances)
     good, skipped = check_files(utterances, config.data.on_error)
     extractor = build_extractor(config.features)
-    writer = FeatureWriter(
-        result.run_dir / FEATURES_DIR, config.features.to_dict(), extractor.dim, extractor.frame_rate_hz
-    )
+    writer = FeatureWriter(result.run_dir / FEATURES_DIR, extractor.describe(), extractor.dim,
+                           extractor.frame_rate_hz)
     by_id = {u.utt_id: u for u in good}
     processed = []
     waveforms = iter_waveforms(
@@ -134,8 +164,11 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
     if config.codebook.path:
         log.info("train: reusing codebook %s, nothing to train", config.codebook.path)
         return
+    if config.codebook.name == "learned":
+        log.info("train: codebook=learned uses the train_encoder model's quantizer, nothing to train")
+        return
     if config.codebook.name != "kmeans":
-        raise ConfigError("codebook.name", config.codebook.name, "only kmeans is available")
+        raise ConfigError("codebook.name", config.codebook.name, "choose kmeans or learned")
     store = _open_features(result)
     size = config.codebook.codebook_size
     if store.num_frames < size:
@@ -187,78 +220,70 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
     )
 
 
-def _codebook_for(config: RunConfig, result: RunResult, stage: str) -> Codebook:
-    path = Path(config.codebook.path) if config.codebook.path else result.run_dir / CODEBOOK_FILE
-    if not config.codebook.path and not path.exists():
-        raise MissingArtifactError(path, stage)
-    return load_codebook(path)
-
-
 # ---------------------------------------------------------------- quantize
+
+
+def stream_names(split: str, num_codebooks: int) -> list[str]:
+    """One .km stream per codebook: <split>.km for one, <split>.q0.km, <split>.q1.km, ... for several."""
+    return [f"{split}.km"] if num_codebooks == 1 else [f"{split}.q{g}.km" for g in range(num_codebooks)]
 
 
 def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device) -> None:
     store = _open_features(result)
-    codebook = _codebook_for(config, result, "quantize")
-    codebook.check_compatible(store.feature_config, store.dim)
-    centroids = codebook.centroids.to(device)
-    split = config.data.split
-    out = result.run_dir
+    units_model = _unit_model(config, result)
+    units_model.check_compatible(store.feature_config, store.dim)
+    split, out = config.data.split, result.run_dir
+    streams = stream_names(split, units_model.num_codebooks)
     with ExitStack() as stack:
-        km = stack.enter_context(io.atomic_open(out / f"{split}.km"))
+        km = [stack.enter_context(io.atomic_open(out / name)) for name in streams]
         jsonl = stack.enter_context(io.atomic_open(out / "units.jsonl"))
         dedup = stack.enter_context(io.atomic_open(out / "units_dedup.jsonl")) if config.quantize.dedup else None
         bar = stack.enter_context(tqdm(total=len(store.utterances), desc="quantize", unit="utt", disable=None))
         for entries, frames in store.iter_parts():
-            units, _ = nearest_codewords(codebook.normalize(frames.to(device)), centroids, config.quantize.chunk_size)
-            units = units.cpu()
+            units = units_model.assign(frames.to(device)).cpu()  # (part_frames, num_codebooks)
             for entry in entries:
                 utt_units = units[entry.offset : entry.offset + entry.num_frames]
-                km.write(io.units_to_line(utt_units) + "\n")
-                jsonl.write(
-                    json.dumps(
-                        {
-                            "id": entry.utt_id,
-                            "units": utt_units.tolist(),
-                            "num_frames": entry.num_frames,
-                            "frame_rate_hz": store.frame_rate_hz,
-                        },
-                        separators=(",", ":"),
-                    )
-                    + "\n"
-                )
+                for stream, handle in enumerate(km):
+                    handle.write(io.units_to_line(utt_units[:, stream]) + "\n")
+                listed = utt_units[:, 0].tolist() if len(km) == 1 else utt_units.T.tolist()
+                record = {"id": entry.utt_id, "units": listed, "num_frames": entry.num_frames,
+                          "frame_rate_hz": store.frame_rate_hz}
+                jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
                 if dedup is not None:
-                    values, durations = io.deduplicate(utt_units)
-                    dedup.write(
-                        json.dumps(
-                            {"id": entry.utt_id, "units": values.tolist(), "durations": durations.tolist()},
-                            separators=(",", ":"),
-                        )
-                        + "\n"
-                    )
+                    values, durations = io.deduplicate_rows(utt_units)
+                    listed = values[:, 0].tolist() if len(km) == 1 else values.T.tolist()
+                    record = {"id": entry.utt_id, "units": listed, "durations": durations.tolist()}
+                    dedup.write(json.dumps(record, separators=(",", ":")) + "\n")
             bar.update(len(entries))
-    io.write_km_dict(out / "dict.km.txt", codebook.codebook_size)
-    io.write_json(
-        out / UNITS_META_FILE,
-        {
-            "codebook_fingerprint": codebook.fingerprint,
-            "codebook_size": codebook.codebook_size,
-            "feature_config": store.feature_config,
-            "frame_rate_hz": store.frame_rate_hz,
-            "num_utterances": len(store.utterances),
-            "num_frames": store.num_frames,
-            "files": {
-                f"{split}.km": "fairseq labels, one line per line of " + f"{split}.tsv",
-                "units.jsonl": "id, units, num_frames, frame_rate_hz",
-                **(
-                    {"units_dedup.jsonl": "id, run-length deduplicated units, durations in frames"}
-                    if config.quantize.dedup
-                    else {}
-                ),
-            },
-        },
-    )
-    log.info("quantize: %d utterances, %d frames -> %s", len(store.utterances), store.num_frames, out / f"{split}.km")
+    io.write_km_dict(out / "dict.km.txt", units_model.codebook_size)
+    files = {name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)}
+    files["units.jsonl"] = "id, units, num_frames, frame_rate_hz" + (
+        "; units is one list per codebook" if len(streams) > 1 else "")
+    if config.quantize.dedup:
+        files["units_dedup.jsonl"] = "id, run-length deduplicated units (all codebooks together), durations in frames"
+    io.write_json(out / UNITS_META_FILE, {
+        "codebook_fingerprint": units_model.fingerprint,
+        "quantizer": units_model.kind,
+        "codebook_size": units_model.codebook_size,
+        "num_codebooks": units_model.num_codebooks,
+        "feature_config": store.feature_config,
+        "frame_rate_hz": store.frame_rate_hz,
+        "num_utterances": len(store.utterances),
+        "num_frames": store.num_frames,
+        "files": files,
+    })
+    log.info("quantize: %d utterances, %d frames -> %s", len(store.utterances), store.num_frames, out / streams[0])
+
+
+def _unit_model(config: RunConfig, result: RunResult):
+    if config.codebook.name not in ("kmeans", "learned"):
+        raise ConfigError("codebook.name", config.codebook.name, "choose kmeans or learned")
+    path = Path(config.codebook.path) if config.codebook.path else None
+    if path is None:
+        own = result.run_dir / ("encoder" if config.codebook.name == "learned" else CODEBOOK_FILE)
+        if not own.exists():
+            raise MissingArtifactError(own, "quantize")
+    return load_unit_model(config.codebook.name, path, result.run_dir, config.quantize.chunk_size)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -266,67 +291,130 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
 
 def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None:
     store = _open_features(result)
-    codebook = _codebook_for(config, result, "evaluate")
-    codebook.check_compatible(store.feature_config, store.dim)
-    km_path = result.run_dir / f"{config.data.split}.km"
-    if not km_path.exists():
-        raise MissingArtifactError(km_path, "evaluate")
-    meta = json.loads((result.run_dir / UNITS_META_FILE).read_text())
-    if meta["codebook_fingerprint"] != codebook.fingerprint:
-        raise ConfigError(
-            "codebook",
-            codebook.fingerprint,
-            f"{km_path} was made with codebook {meta['codebook_fingerprint']}; re-run quantize",
-        )
-    alignments = (
-        read_alignments(config.data.alignments, config.data.alignment_rate_hz) if config.data.alignments else {}
-    )
+    units_model = _unit_model(config, result)
+    units_model.check_compatible(store.feature_config, store.dim)
+    meta_path = result.run_dir / UNITS_META_FILE
+    if not meta_path.exists():
+        raise MissingArtifactError(meta_path, "evaluate")
+    meta = json.loads(meta_path.read_text())
+    if meta["codebook_fingerprint"] != units_model.fingerprint:
+        raise ConfigError("codebook", units_model.fingerprint,
+                          f"the units in {result.run_dir} were made with {meta['codebook_fingerprint']}; re-run quantize")
+    alignments = read_alignments(config.data.alignments, config.data.alignment_rate_hz) if config.data.alignments else {}
     phones: dict[str, int] = {}
     joint: list[tuple[torch.Tensor, torch.Tensor]] = []
-    accumulator = MetricsAccumulator(codebook.centroids, store.frame_rate_hz)
-    with km_path.open() as km:
-        for features in tqdm(
-            store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
-        ):
-            line = km.readline()
-            units = torch.tensor([int(u) for u in line.split()], dtype=torch.long)
-            if units.numel() != features.num_frames:
-                raise ConfigError(
-                    "data.split",
-                    config.data.split,
-                    f"{km_path} does not match the features at {features.utt_id!r}; re-run quantize",
-                )
-            accumulator.add(codebook.normalize(features.frames), units)
+    accumulator = MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz)
+    recon = ReconstructionAccumulator.create(config, result, store, units_model)
+    streams = [(result.run_dir / name).open() for name in stream_names(config.data.split, units_model.num_codebooks)]
+    try:
+        waveforms = recon.waveforms() if recon else None
+        for features in tqdm(store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt",
+                             disable=None):
+            units = torch.tensor([[int(u) for u in handle.readline().split()] for handle in streams],
+                                 dtype=torch.long).reshape(len(streams), -1).T
+            if units.shape[0] != features.num_frames:
+                raise ConfigError("data.split", config.data.split,
+                                  f"units do not match the features at {features.utt_id!r}; re-run quantize")
+            quantized = units_model.lookup(units)
+            accumulator.add(units_model.normalize(features.frames), quantized, units)
+            if recon:
+                recon.add(features, quantized, next(waveforms))
             if features.utt_id in alignments:
-                joint.append(
-                    _paired_labels(
-                        features.utt_id, units, alignments[features.utt_id], phones, store.frame_rate_hz, config
-                    )
-                )
-    metrics = {"codebook_fingerprint": codebook.fingerprint, **accumulator.result()}
+                joint.append(_paired_labels(features.utt_id, units[:, 0], alignments[features.utt_id], phones,
+                                            store.frame_rate_hz, config))
+    finally:
+        for handle in streams:
+            handle.close()
+    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind,
+               **accumulator.result()}
+    if recon:
+        metrics["reconstruction"] = recon.summary()
     if joint:
         phone_ids = torch.cat([p for p, _ in joint])
         unit_ids = torch.cat([u for _, u in joint])
-        counts = torch.zeros(len(phones), codebook.codebook_size, dtype=torch.long)
+        counts = torch.zeros(len(phones), units_model.codebook_size, dtype=torch.long)
         counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
-        metrics["alignment"] = {
-            "num_utterances": len(joint),
-            "num_frames": int(unit_ids.numel()),
-            "num_phones": len(phones),
-            **phone_unit_scores(counts),
-        }
+        metrics["alignment"] = {"num_utterances": len(joint), "num_frames": int(unit_ids.numel()),
+                                "num_phones": len(phones), "stream": 0, **phone_unit_scores(counts)}
     elif alignments:
         raise AlignmentError(config.data.alignments, "no utterance id matches the dataset's ids")
     metrics["counts"] = result.counts
     io.write_json(result.run_dir / METRICS_FILE, metrics)
     if config.evaluate.plot:
-        plot_codebook_usage(
-            accumulator.counts,
-            result.run_dir / USAGE_PLOT_FILE,
-            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
-            f"perplexity {metrics['perplexity']:.1f}",
-        )
+        plot_codebook_usage(accumulator.counts[0], result.run_dir / USAGE_PLOT_FILE,
+                            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
+                            f"perplexity {metrics['perplexity']:.1f}")
     result.metrics = metrics
+
+
+class ReconstructionAccumulator:
+    """Log-mel distances between the reference log-mel of the audio and the log-mel rebuilt from the units
+    (and from the unquantized features, to isolate what quantization loses); MCD for Kaldi MFCC; and the
+    first evaluate.resynthesize utterances written as Griffin-Lim WAVs."""
+
+    def __init__(self, config, result, store, units_model, reconstructor):
+        self.config, self.result, self.store, self.units_model = config, result, store, units_model
+        self.reconstruct = reconstructor
+        self.sums = {"quantized": {}, "unquantized": {}}
+        self.mcd_sum, self.mcd_frames, self.written = 0.0, 0, 0
+        self.is_kaldi_mfcc = store.feature_config["name"] == "mfcc_hubert"
+
+    @classmethod
+    def create(cls, config, result, store, units_model):
+        if not config.evaluate.reconstruction:
+            return None
+        decoder = None
+        if store.feature_config["name"] == "conv_encoder":
+            from .learned.train import load_vqvae
+
+            decoder = load_vqvae(store.feature_config["checkpoint"])[0].decoder
+        reconstructor = build_reconstructor(store.feature_config, decoder)
+        if reconstructor is None:
+            log.info("evaluate: no log-mel reconstruction is defined for %s features", store.feature_config["name"])
+            return None
+        return cls(config, result, store, units_model, reconstructor)
+
+    def waveforms(self):
+        """The audio of the stored utterances, in order, from the run's <split>.tsv."""
+        lines = (self.result.run_dir / f"{self.config.data.split}.tsv").read_text().splitlines()
+        root = Path(lines[0])
+        listing = [Utterance(entry.utt_id, root / line.split("\t")[0])
+                   for entry, line in zip(self.store.utterances, lines[1:], strict=True)]
+        rate = self.store.feature_config["sample_rate"]
+        return iter_waveforms(listing, rate, self.config.data.num_workers, "raise", [])
+
+    def add(self, features: FeatureMatrix, quantized: torch.Tensor, waveform) -> None:
+        reference = reference_logmel(waveform.samples, waveform.sample_rate)
+        raw_quantized = self.units_model.denormalize(quantized)
+        estimate = self.reconstruct(raw_quantized)
+        for key, rebuilt in (("quantized", estimate), ("unquantized", self.reconstruct(features.frames))):
+            for name, value in logmel_distances(reference, rebuilt).items():
+                self.sums[key][name] = self.sums[key].get(name, 0.0) + value
+        if self.is_kaldi_mfcc:
+            ceps, bins = self.store.feature_config["num_ceps"], self.store.feature_config["num_mel_bins"]
+            mcd = mel_cepstral_distortion(features.frames[:, :ceps], raw_quantized[:, :ceps], bins)
+            self.mcd_sum += float(mcd.sum())
+            self.mcd_frames += mcd.numel()
+        if self.written < self.config.evaluate.resynthesize and reference.shape[0] > 0:
+            folder = self.result.run_dir / "resynth"
+            stem = f"{self.written:03d}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", features.utt_id)[:80]
+            rate = waveform.sample_rate
+            io.write_wav(folder / f"{stem}.original.wav", waveform.samples, rate)
+            io.write_wav(folder / f"{stem}.units.wav", griffin_lim(estimate[: reference.shape[0]], rate), rate)
+            self.written += 1
+
+    def summary(self) -> dict:
+        def finish(sums):
+            n = max(sums.get("elements", 0), 1)
+            return {"logmel_l1": sums["l1_sum"] / n, "logmel_l2": sums["l2_sum"] / n,
+                    "spectral_convergence": math.sqrt(sums["sc_num"] / max(sums["sc_den"], 1e-30))}
+
+        out = {**finish(self.sums["quantized"]), "unquantized": finish(self.sums["unquantized"])}
+        if self.mcd_frames:
+            out["mcd_db"] = self.mcd_sum / self.mcd_frames
+        if self.written:
+            out["resynthesized"] = self.written
+        return out
 
 
 def _paired_labels(utt_id, units, labels, phones, unit_rate_hz, config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,8 +45,10 @@ def test_distortion_values():
 
 def test_accumulator_by_hand():
     centroids = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
-    acc = MetricsAccumulator(centroids, frame_rate_hz=100.0)
-    acc.add(torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 12.0], [9.0, 10.0]]), torch.tensor([0, 0, 1, 1]))
+    acc = MetricsAccumulator(codebook_size=2, num_codebooks=1, frame_rate_hz=100.0)
+    units = torch.tensor([[0], [0], [1], [1]])
+    frames = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 12.0], [9.0, 10.0]])
+    acc.add(frames, centroids[units[:, 0]], units)
     m = acc.result()
     assert m["num_frames"] == 4 and m["duration_s"] == pytest.approx(0.04)
     assert m["mse"] == pytest.approx((1 + 1 + 4 + 1) / 8)
@@ -57,3 +59,15 @@ def test_accumulator_by_hand():
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 12.0], [9.0, 10.0]])
     variance = feats.var(0, unbiased=False).sum()
     assert m["relative_mse"] == pytest.approx(m["mse"] / float(variance / 2), rel=1e-6)
+
+
+def test_accumulator_with_two_codebooks():
+    acc = MetricsAccumulator(codebook_size=4, num_codebooks=2, frame_rate_hz=50.0)
+    units = torch.tensor([[0, 1], [0, 1], [0, 2], [3, 2]])  # joint codes: A A B C -> 3 after dedup
+    frames = torch.zeros(4, 2)
+    acc.add(frames, frames, units)
+    m = acc.result()
+    assert m["bitrate_bps"] == pytest.approx(50.0 * 2 * 2)  # 2 codebooks x log2(4) bits x 50 frames/s
+    assert m["usage"] == pytest.approx((2 / 4 + 2 / 4) / 2) and m["dead_codes"] == 4
+    assert m["dedup_units_per_s"] == pytest.approx(3 / 0.08)
+    assert m["entropy_bits"] == pytest.approx(unit_distribution(torch.tensor([3, 0, 0, 1]))["entropy_bits"] + 1.0)

@@ -43,7 +43,8 @@ class Codebook:
         for tensor in (self.centroids, self.feature_mean, self.feature_std):
             if tensor is not None:
                 digest.update(tensor.detach().cpu().contiguous().to(torch.float32).numpy().tobytes())
-        digest.update(json.dumps(self.feature_config, sort_keys=True).encode())
+        described = {k: v for k, v in self.feature_config.items() if k != "checkpoint"}
+        digest.update(json.dumps(described, sort_keys=True).encode())
         return digest.hexdigest()[:16]
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
@@ -57,11 +58,14 @@ class Codebook:
     def check_compatible(self, feature_config: dict, dim: int) -> None:
         if dim != self.dim:
             raise CodebookMismatchError("feature dimension", self.dim, dim)
-        if feature_config != self.feature_config:
+        # "checkpoint" is where weights were found, not what they are (model_fingerprint says that).
+        ours = {k: v for k, v in self.feature_config.items() if k != "checkpoint"}
+        feature_config = {k: v for k, v in feature_config.items() if k != "checkpoint"}
+        if feature_config != ours:
             differing = {
-                key: (self.feature_config.get(key), feature_config.get(key))
-                for key in sorted(set(feature_config) | set(self.feature_config))
-                if feature_config.get(key) != self.feature_config.get(key)
+                key: (ours.get(key), feature_config.get(key))
+                for key in sorted(set(feature_config) | set(ours))
+                if feature_config.get(key) != ours.get(key)
             }
             raise CodebookMismatchError(
                 "feature config", {k: v[0] for k, v in differing.items()}, {k: v[1] for k, v in differing.items()}

@@ -19,11 +19,17 @@ class FeatureExtractor(Protocol):
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of `num_samples` samples."""
 
+    def describe(self) -> dict:
+        """What decides the features: the config, plus the weights' fingerprint for learned extractors."""
+
 
 def build_extractor(config: FeatureConfig) -> FeatureExtractor:
+    from .conv import ConvEncoderExtractor
     from .mfcc import FbankExtractor, KaldiMFCCExtractor, LibrosaMFCCExtractor
+    from .ssl import SSLExtractor
 
-    families = {"mfcc_hubert": KaldiMFCCExtractor, "mfcc": LibrosaMFCCExtractor, "fbank": FbankExtractor}
+    families = {"mfcc_hubert": KaldiMFCCExtractor, "mfcc": LibrosaMFCCExtractor, "fbank": FbankExtractor,
+                "conv_encoder": ConvEncoderExtractor, "ssl": SSLExtractor}
     if config.name not in families:
         raise ConfigError("features.name", config.name, f"choose one of {sorted(families)}")
     if config.normalize not in ("none", "utterance", "global"):

@@ -40,6 +40,9 @@ class _FrameExtractor:
     def _static(self, samples: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        return self.config.to_dict()
+
     def num_frames(self, num_samples: int) -> int:
         # Kaldi's snip_edges=True: only whole windows.
         return 0 if num_samples < self.window else 1 + (num_samples - self.window) // self.hop

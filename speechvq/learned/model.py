@@ -1,0 +1,115 @@
+"""The VQ-VAE on speech: waveform -> conv encoder -> quantizer -> transposed-conv decoder -> log-mel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchaudio.compliance import kaldi
+
+from .quantizers import QuantizerOutput, build_quantizer
+
+LOGMEL_BINS = 80
+LOGMEL_RATE_HZ = 100.0
+
+
+def reference_logmel(samples: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """The reconstruction target shared by every method: Kaldi 80-bin log-mel, 25/10 ms, (num_frames, 80)."""
+    if samples.numel() < round(0.025 * sample_rate):
+        return samples.new_zeros((0, LOGMEL_BINS))
+    return kaldi.fbank(samples.view(1, -1), sample_frequency=sample_rate, num_mel_bins=LOGMEL_BINS)
+
+
+class ConvEncoder(nn.Module):
+    """wav2vec 2.0 feature-encoder family: Conv1d stack (no padding) with GELU, GroupNorm after the first layer,
+    then a 1x1 projection to the code dimension. Default 7 layers, strides 5*2^6 = 320 -> 20 ms frames."""
+
+    def __init__(self, channels: int, kernels: list[int], strides: list[int], code_dim: int):
+        super().__init__()
+        if len(kernels) != len(strides):
+            raise ValueError(f"{len(kernels)} kernels but {len(strides)} strides")
+        self.kernels, self.strides = list(kernels), list(strides)
+        layers, in_channels = [], 1
+        for number, (kernel, stride) in enumerate(zip(kernels, strides)):
+            layers.append(nn.Conv1d(in_channels, channels, kernel, stride, bias=False))
+            if number == 0:
+                layers.append(nn.GroupNorm(channels, channels))
+            layers.append(nn.GELU())
+            in_channels = channels
+        self.convs = nn.Sequential(*layers)
+        self.project = nn.Conv1d(channels, code_dim, 1)
+
+    @property
+    def hop(self) -> int:
+        hop = 1
+        for stride in self.strides:
+            hop *= stride
+        return hop
+
+    def num_frames(self, num_samples: int) -> int:
+        for kernel, stride in zip(self.kernels, self.strides):
+            num_samples = (num_samples - kernel) // stride + 1 if num_samples >= kernel else 0
+        return max(num_samples, 0)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(batch, num_samples) -> (batch, frames, code_dim)."""
+        return self.project(self.convs(waveform.unsqueeze(1))).transpose(1, 2)
+
+
+class LogMelDecoder(nn.Module):
+    """Codes at the encoder rate -> 80-bin log-mel at 100 Hz (transposed conv upsampling by `upsample`)."""
+
+    def __init__(self, code_dim: int, channels: int, upsample: int, n_mels: int = LOGMEL_BINS):
+        super().__init__()
+        self.upsample = upsample
+        self.net = nn.Sequential(
+            nn.Conv1d(code_dim, channels, 3, padding=1), nn.GELU(),
+            nn.ConvTranspose1d(channels, channels, 2 * upsample, stride=upsample, padding=upsample // 2)
+            if upsample > 1 else nn.Conv1d(channels, channels, 3, padding=1),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, 5, padding=2), nn.GELU(),
+            nn.Conv1d(channels, n_mels, 5, padding=2),
+        )
+
+    def forward(self, codes: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(batch, frames, code_dim) -> (batch, num_frames, n_mels), cropped or edge-padded to num_frames."""
+        out = self.net(codes.transpose(1, 2))
+        if out.shape[-1] < num_frames:
+            out = F.pad(out, (0, num_frames - out.shape[-1]), mode="replicate")
+        return out[..., :num_frames].transpose(1, 2)
+
+
+@dataclass
+class VQVAEOutput:
+    reconstruction: torch.Tensor  # (batch, logmel_frames, 80) decoded from quantized codes
+    target: torch.Tensor  # (batch, logmel_frames, 80)
+    quantizer: QuantizerOutput
+    reconstruction_loss: torch.Tensor  # L1 on log-mel
+    loss: torch.Tensor  # reconstruction + quantizer losses
+
+
+class VQVAE(nn.Module):
+    def __init__(self, model_config, quantizer_config, sample_rate: int = 16000):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.encoder = ConvEncoder(model_config.channels, model_config.kernels, model_config.strides,
+                                   model_config.code_dim)
+        self.quantizer = build_quantizer(quantizer_config, model_config.code_dim)
+        upsample = round(self.encoder.hop / (sample_rate / LOGMEL_RATE_HZ))
+        self.decoder = LogMelDecoder(model_config.code_dim, model_config.decoder_channels, max(upsample, 1))
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.encoder.hop
+
+    def forward(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> VQVAEOutput:
+        """waveform (batch, num_samples) of equal-length crops."""
+        with torch.no_grad():
+            target = torch.stack([reference_logmel(w, self.sample_rate) for w in waveform.float()])
+        z = self.encoder(waveform)
+        quantized = self.quantizer(z, generator)
+        reconstruction = self.decoder(quantized.quantized, target.shape[1])
+        recon_loss = F.l1_loss(reconstruction.float(), target)
+        return VQVAEOutput(reconstruction, target, quantized, recon_loss, recon_loss + quantized.loss)
