@@ -43,22 +43,40 @@ def main() -> None:
     from sklearn.cluster import MiniBatchKMeans
 
     frames = demo_features(args.data)
-    print(f"{frames.shape[0]} frames x {frames.shape[1]} dims from {args.data}; K={args.k}; "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"{frames.shape[0]} frames x {frames.shape[1]} dims from {args.data}; K={args.k}; "
+        f"{torch.get_num_threads()} torch threads"
+    )
     rows = []
 
     start = time.perf_counter()
     fit = kmeans(frames, args.k, generator=torch.Generator().manual_seed(args.seed), max_iter=100, tol=1e-4, n_init=3)
-    rows.append(("speechvq kmeans (k-means++, Lloyd, n_init=3)", time.perf_counter() - start,
-                 inertia(frames, fit.centroids)))
+    rows.append(
+        ("speechvq kmeans (k-means++, Lloyd, n_init=3)", time.perf_counter() - start, inertia(frames, fit.centroids))
+    )
 
     # fairseq examples/hubert/simple_kmeans/learn_kmeans.py defaults
     start = time.perf_counter()
-    mbk = MiniBatchKMeans(n_clusters=args.k, init="k-means++", max_iter=100, batch_size=10000, tol=0.0,
-                          max_no_improvement=100, n_init=20, reassignment_ratio=0.0, compute_labels=False,
-                          init_size=None, random_state=args.seed).fit(frames.numpy())
-    rows.append(("sklearn MiniBatchKMeans, fairseq settings (n_init=20)", time.perf_counter() - start,
-                 inertia(frames, mbk.cluster_centers_)))
+    mbk = MiniBatchKMeans(
+        n_clusters=args.k,
+        init="k-means++",
+        max_iter=100,
+        batch_size=10000,
+        tol=0.0,
+        max_no_improvement=100,
+        n_init=20,
+        reassignment_ratio=0.0,
+        compute_labels=False,
+        init_size=None,
+        random_state=args.seed,
+    ).fit(frames.numpy())
+    rows.append(
+        (
+            "sklearn MiniBatchKMeans, fairseq settings (n_init=20)",
+            time.perf_counter() - start,
+            inertia(frames, mbk.cluster_centers_),
+        )
+    )
 
     width = max(len(r[0]) for r in rows)
     print(f"{'method'.ljust(width)}  {'seconds':>8}  {'inertia (all frames)':>20}  {'vs speechvq':>11}")

@@ -88,8 +88,9 @@ def write_wav(path: str | Path, samples: torch.Tensor, sample_rate: int) -> None
     import soundfile
 
     buffer = io.BytesIO()
-    soundfile.write(buffer, samples.detach().cpu().float().clamp(-1, 1).numpy(), sample_rate, format="WAV",
-                    subtype="PCM_16")
+    soundfile.write(
+        buffer, samples.detach().cpu().float().clamp(-1, 1).numpy(), sample_rate, format="WAV", subtype="PCM_16"
+    )
     write_bytes(path, buffer.getvalue())
 
 

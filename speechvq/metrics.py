@@ -127,8 +127,13 @@ class MetricsAccumulator:
             "entropy_bits": entropy,
             "perplexity": 2.0 ** (entropy / len(streams)) if self.num_frames else 0.0,
         }
-        rates = bitrates(self.codebook_size, self.frame_rate_hz, entropy,
-                         self.num_dedup / duration_s if duration_s else 0.0, dedup_entropy)
+        rates = bitrates(
+            self.codebook_size,
+            self.frame_rate_hz,
+            entropy,
+            self.num_dedup / duration_s if duration_s else 0.0,
+            dedup_entropy,
+        )
         rates["bitrate_bps"] *= self.num_codebooks
         return {
             "num_utterances": self.num_utterances,

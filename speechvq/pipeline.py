@@ -106,8 +106,13 @@ def train_encoder(config: RunConfig, result: RunResult, device: torch.device) ->
             break
     if len(waves) < 2:
         raise EmptyDatasetError(config.data.path, "train_encoder needs at least 2 readable files")
-    log.info("train_encoder: %d utterances, %.1f s of audio, %d steps on %s", len(waves), seconds,
-             config.train_encoder.steps, device)
+    log.info(
+        "train_encoder: %d utterances, %.1f s of audio, %d steps on %s",
+        len(waves),
+        seconds,
+        config.train_encoder.steps,
+        device,
+    )
     _, history = train_vqvae(config.train_encoder, waves, result.run_dir / "encoder", device, config.seed, rate)
     loss_curve_png(history, result.run_dir / "loss_curve.png")
 
@@ -120,8 +125,7 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     found = len(utterances)
     good, skipped = check_files(utterances, config.data.on_error)
     extractor = build_extractor(config.features)
-    writer = FeatureWriter(result.run_dir / FEATURES_DIR, extractor.describe(), extractor.dim,
-                           extractor.frame_rate_hz)
+    writer = FeatureWriter(result.run_dir / FEATURES_DIR, extractor.describe(), extractor.dim, extractor.frame_rate_hz)
     by_id = {u.utt_id: u for u in good}
     processed = []
     waveforms = iter_waveforms(
@@ -246,8 +250,12 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
                 for stream, handle in enumerate(km):
                     handle.write(io.units_to_line(utt_units[:, stream]) + "\n")
                 listed = utt_units[:, 0].tolist() if len(km) == 1 else utt_units.T.tolist()
-                record = {"id": entry.utt_id, "units": listed, "num_frames": entry.num_frames,
-                          "frame_rate_hz": store.frame_rate_hz}
+                record = {
+                    "id": entry.utt_id,
+                    "units": listed,
+                    "num_frames": entry.num_frames,
+                    "frame_rate_hz": store.frame_rate_hz,
+                }
                 jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
                 if dedup is not None:
                     values, durations = io.deduplicate_rows(utt_units)
@@ -258,20 +266,24 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
     io.write_km_dict(out / "dict.km.txt", units_model.codebook_size)
     files = {name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)}
     files["units.jsonl"] = "id, units, num_frames, frame_rate_hz" + (
-        "; units is one list per codebook" if len(streams) > 1 else "")
+        "; units is one list per codebook" if len(streams) > 1 else ""
+    )
     if config.quantize.dedup:
         files["units_dedup.jsonl"] = "id, run-length deduplicated units (all codebooks together), durations in frames"
-    io.write_json(out / UNITS_META_FILE, {
-        "codebook_fingerprint": units_model.fingerprint,
-        "quantizer": units_model.kind,
-        "codebook_size": units_model.codebook_size,
-        "num_codebooks": units_model.num_codebooks,
-        "feature_config": store.feature_config,
-        "frame_rate_hz": store.frame_rate_hz,
-        "num_utterances": len(store.utterances),
-        "num_frames": store.num_frames,
-        "files": files,
-    })
+    io.write_json(
+        out / UNITS_META_FILE,
+        {
+            "codebook_fingerprint": units_model.fingerprint,
+            "quantizer": units_model.kind,
+            "codebook_size": units_model.codebook_size,
+            "num_codebooks": units_model.num_codebooks,
+            "feature_config": store.feature_config,
+            "frame_rate_hz": store.frame_rate_hz,
+            "num_utterances": len(store.utterances),
+            "num_frames": store.num_frames,
+            "files": files,
+        },
+    )
     log.info("quantize: %d utterances, %d frames -> %s", len(store.utterances), store.num_frames, out / streams[0])
 
 
@@ -298,9 +310,14 @@ def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None
         raise MissingArtifactError(meta_path, "evaluate")
     meta = json.loads(meta_path.read_text())
     if meta["codebook_fingerprint"] != units_model.fingerprint:
-        raise ConfigError("codebook", units_model.fingerprint,
-                          f"the units in {result.run_dir} were made with {meta['codebook_fingerprint']}; re-run quantize")
-    alignments = read_alignments(config.data.alignments, config.data.alignment_rate_hz) if config.data.alignments else {}
+        raise ConfigError(
+            "codebook",
+            units_model.fingerprint,
+            f"the units in {result.run_dir} were made with {meta['codebook_fingerprint']}; re-run quantize",
+        )
+    alignments = (
+        read_alignments(config.data.alignments, config.data.alignment_rate_hz) if config.data.alignments else {}
+    )
     phones: dict[str, int] = {}
     joint: list[tuple[torch.Tensor, torch.Tensor]] = []
     accumulator = MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz)
@@ -308,25 +325,34 @@ def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None
     streams = [(result.run_dir / name).open() for name in stream_names(config.data.split, units_model.num_codebooks)]
     try:
         waveforms = recon.waveforms() if recon else None
-        for features in tqdm(store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt",
-                             disable=None):
-            units = torch.tensor([[int(u) for u in handle.readline().split()] for handle in streams],
-                                 dtype=torch.long).reshape(len(streams), -1).T
+        for features in tqdm(
+            store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
+        ):
+            units = (
+                torch.tensor([[int(u) for u in handle.readline().split()] for handle in streams], dtype=torch.long)
+                .reshape(len(streams), -1)
+                .T
+            )
             if units.shape[0] != features.num_frames:
-                raise ConfigError("data.split", config.data.split,
-                                  f"units do not match the features at {features.utt_id!r}; re-run quantize")
+                raise ConfigError(
+                    "data.split",
+                    config.data.split,
+                    f"units do not match the features at {features.utt_id!r}; re-run quantize",
+                )
             quantized = units_model.lookup(units)
             accumulator.add(units_model.normalize(features.frames), quantized, units)
             if recon:
                 recon.add(features, quantized, next(waveforms))
             if features.utt_id in alignments:
-                joint.append(_paired_labels(features.utt_id, units[:, 0], alignments[features.utt_id], phones,
-                                            store.frame_rate_hz, config))
+                joint.append(
+                    _paired_labels(
+                        features.utt_id, units[:, 0], alignments[features.utt_id], phones, store.frame_rate_hz, config
+                    )
+                )
     finally:
         for handle in streams:
             handle.close()
-    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind,
-               **accumulator.result()}
+    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **accumulator.result()}
     if recon:
         metrics["reconstruction"] = recon.summary()
     if joint:
@@ -334,16 +360,24 @@ def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None
         unit_ids = torch.cat([u for _, u in joint])
         counts = torch.zeros(len(phones), units_model.codebook_size, dtype=torch.long)
         counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
-        metrics["alignment"] = {"num_utterances": len(joint), "num_frames": int(unit_ids.numel()),
-                                "num_phones": len(phones), "stream": 0, **phone_unit_scores(counts)}
+        metrics["alignment"] = {
+            "num_utterances": len(joint),
+            "num_frames": int(unit_ids.numel()),
+            "num_phones": len(phones),
+            "stream": 0,
+            **phone_unit_scores(counts),
+        }
     elif alignments:
         raise AlignmentError(config.data.alignments, "no utterance id matches the dataset's ids")
     metrics["counts"] = result.counts
     io.write_json(result.run_dir / METRICS_FILE, metrics)
     if config.evaluate.plot:
-        plot_codebook_usage(accumulator.counts[0], result.run_dir / USAGE_PLOT_FILE,
-                            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
-                            f"perplexity {metrics['perplexity']:.1f}")
+        plot_codebook_usage(
+            accumulator.counts[0],
+            result.run_dir / USAGE_PLOT_FILE,
+            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
+            f"perplexity {metrics['perplexity']:.1f}",
+        )
     result.metrics = metrics
 
 
@@ -378,8 +412,10 @@ class ReconstructionAccumulator:
         """The audio of the stored utterances, in order, from the run's <split>.tsv."""
         lines = (self.result.run_dir / f"{self.config.data.split}.tsv").read_text().splitlines()
         root = Path(lines[0])
-        listing = [Utterance(entry.utt_id, root / line.split("\t")[0])
-                   for entry, line in zip(self.store.utterances, lines[1:], strict=True)]
+        listing = [
+            Utterance(entry.utt_id, root / line.split("\t")[0])
+            for entry, line in zip(self.store.utterances, lines[1:], strict=True)
+        ]
         rate = self.store.feature_config["sample_rate"]
         return iter_waveforms(listing, rate, self.config.data.num_workers, "raise", [])
 
@@ -406,8 +442,11 @@ class ReconstructionAccumulator:
     def summary(self) -> dict:
         def finish(sums):
             n = max(sums.get("elements", 0), 1)
-            return {"logmel_l1": sums["l1_sum"] / n, "logmel_l2": sums["l2_sum"] / n,
-                    "spectral_convergence": math.sqrt(sums["sc_num"] / max(sums["sc_den"], 1e-30))}
+            return {
+                "logmel_l1": sums["l1_sum"] / n,
+                "logmel_l2": sums["l2_sum"] / n,
+                "spectral_convergence": math.sqrt(sums["sc_num"] / max(sums["sc_den"], 1e-30)),
+            }
 
         out = {**finish(self.sums["quantized"]), "unquantized": finish(self.sums["unquantized"])}
         if self.mcd_frames:

@@ -55,11 +55,13 @@ def build_reconstructor(feature_config: dict, decoder=None):
     if name == "fbank" and feature_config.get("normalize") != "utterance":
         return lambda frames: _remap_bins(frames.cpu(), feature_config["num_mel_bins"], rate)
     if name == "conv_encoder" and decoder is not None:
+
         @torch.inference_mode()
         def decode(frames: torch.Tensor) -> torch.Tensor:
             decoder.cpu()
             target_frames = 2 * frames.shape[0] + 1  # decoder output at 100 Hz, cropped to the reference later
             return decoder(frames.cpu().unsqueeze(0), target_frames)[0].float()
+
         return decode
     return None
 
@@ -70,13 +72,18 @@ def logmel_distances(reference: torch.Tensor, estimate: torch.Tensor) -> dict[st
     frames = min(reference.shape[0], estimate.shape[0])
     ref, est = reference[:frames].double(), estimate[:frames].double()
     mag_ref, mag_est = (ref / 2).exp(), (est / 2).exp()
-    return {"l1_sum": float((ref - est).abs().sum()), "l2_sum": float((ref - est).square().sum()),
-            "sc_num": float((mag_ref - mag_est).square().sum()), "sc_den": float(mag_ref.square().sum()),
-            "elements": frames * ref.shape[1]}
+    return {
+        "l1_sum": float((ref - est).abs().sum()),
+        "l2_sum": float((ref - est).square().sum()),
+        "sc_num": float((mag_ref - mag_est).square().sum()),
+        "sc_den": float(mag_ref.square().sum()),
+        "elements": frames * ref.shape[1],
+    }
 
 
-def mel_cepstral_distortion(cepstra: torch.Tensor, estimate: torch.Tensor, num_mel_bins: int,
-                            lifter: float = 22.0) -> torch.Tensor:
+def mel_cepstral_distortion(
+    cepstra: torch.Tensor, estimate: torch.Tensor, num_mel_bins: int, lifter: float = 22.0
+) -> torch.Tensor:
     """Per-frame MCD in dB, (10 / ln 10) sqrt(2 sum_{d>=1} (c_d - c^_d)^2), excluding c0 (level), between
     Kaldi MFCCs. They are first brought to the usual mel-cepstrum convention: Kaldi's lifter undone, and its
     orthonormal DCT of log *power* turned into c_d = (2/N) sum_n (1/2 log E_n) cos(...) of log *amplitude*,
@@ -94,6 +101,7 @@ def griffin_lim(logmel: torch.Tensor, sample_rate: int = 16000, iterations: int 
     banks, _ = _kaldi_banks(logmel.shape[1], sample_rate)  # (80, 256)
     power = torch.linalg.pinv(banks.double()).float() @ logmel.exp().T.cpu()  # (256, frames)
     magnitude = F.pad(power.clamp(min=0).sqrt(), (0, 0, 0, 1))  # add the Nyquist bin -> 257
-    wave = torchaudio.transforms.GriffinLim(n_fft=_PADDED_WINDOW, win_length=400, hop_length=160, power=1.0,
-                                            n_iter=iterations)(magnitude)
+    wave = torchaudio.transforms.GriffinLim(
+        n_fft=_PADDED_WINDOW, win_length=400, hop_length=160, power=1.0, n_iter=iterations
+    )(magnitude)
     return 0.9 * wave / wave.abs().max().clamp(min=1e-8)

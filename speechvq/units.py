@@ -11,6 +11,7 @@ from .codebook import Codebook, load_codebook
 from .errors import CodebookMismatchError
 from .quantize import nearest_codewords
 
+
 class KMeansUnits:
     num_codebooks = 1
 
@@ -26,8 +27,9 @@ class KMeansUnits:
 
     def assign(self, frames: torch.Tensor) -> torch.Tensor:
         """Raw feature frames (num_frames, dim) -> (num_frames, 1) int64."""
-        units, _ = nearest_codewords(self.codebook.normalize(frames), self.codebook.centroids.to(frames.device),
-                                     self.chunk_size)
+        units, _ = nearest_codewords(
+            self.codebook.normalize(frames), self.codebook.centroids.to(frames.device), self.chunk_size
+        )
         return units.unsqueeze(1)
 
     def lookup(self, units: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,9 @@ class LearnedUnits:
 
     def check_compatible(self, feature_config: dict, dim: int) -> None:
         if feature_config.get("name") != "conv_encoder":
-            raise CodebookMismatchError("feature config", {"name": "conv_encoder"}, {"name": feature_config.get("name")})
+            raise CodebookMismatchError(
+                "feature config", {"name": "conv_encoder"}, {"name": feature_config.get("name")}
+            )
         if feature_config.get("model_fingerprint") != self.fingerprint:
             raise CodebookMismatchError("encoder model", self.fingerprint, feature_config.get("model_fingerprint"))
 

@@ -28,8 +28,13 @@ def build_extractor(config: FeatureConfig) -> FeatureExtractor:
     from .mfcc import FbankExtractor, KaldiMFCCExtractor, LibrosaMFCCExtractor
     from .ssl import SSLExtractor
 
-    families = {"mfcc_hubert": KaldiMFCCExtractor, "mfcc": LibrosaMFCCExtractor, "fbank": FbankExtractor,
-                "conv_encoder": ConvEncoderExtractor, "ssl": SSLExtractor}
+    families = {
+        "mfcc_hubert": KaldiMFCCExtractor,
+        "mfcc": LibrosaMFCCExtractor,
+        "fbank": FbankExtractor,
+        "conv_encoder": ConvEncoderExtractor,
+        "ssl": SSLExtractor,
+    }
     if config.name not in families:
         raise ConfigError("features.name", config.name, f"choose one of {sorted(families)}")
     if config.normalize not in ("none", "utterance", "global"):

@@ -14,13 +14,18 @@ class ConvEncoderExtractor:
         from ..learned.train import load_vqvae
 
         if not config.checkpoint:
-            raise ConfigError("features.checkpoint", None, "features=conv_encoder needs a trained model: a run "
-                              "folder with encoder/model.safetensors, or the file itself")
+            raise ConfigError(
+                "features.checkpoint",
+                None,
+                "features=conv_encoder needs a trained model: a run "
+                "folder with encoder/model.safetensors, or the file itself",
+            )
         self.config = config
         self.model, self.meta = load_vqvae(config.checkpoint)
         if self.meta["sample_rate"] != config.sample_rate:
-            raise ConfigError("features.sample_rate", config.sample_rate,
-                              f"the encoder was trained at {self.meta['sample_rate']} Hz")
+            raise ConfigError(
+                "features.sample_rate", config.sample_rate, f"the encoder was trained at {self.meta['sample_rate']} Hz"
+            )
         self.dim = self.model.encoder.project.out_channels
         self.frame_rate_hz = self.model.frame_rate_hz
 

@@ -33,8 +33,11 @@ def load_ssl_model(name: str, checkpoint: str | Path) -> torch.nn.Module:
     path = Path(checkpoint)
     if not path.exists():
         raise ConfigError("features.checkpoint", str(path), "file does not exist (nothing is downloaded)")
-    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True,
-                                                                                  map_location="cpu")
+    state = (
+        load_file(str(path))
+        if path.suffix == ".safetensors"
+        else torch.load(path, weights_only=True, map_location="cpu")
+    )
     model = MODELS[name]()
     model.load_state_dict(state)
     return model.eval()

@@ -43,8 +43,12 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     state = optimizer.state_dict()
-    tensors = {f"optim.{index}.{key}": value for index, entry in state["state"].items()
-               for key, value in entry.items() if torch.is_tensor(value)}
+    tensors = {
+        f"optim.{index}.{key}": value
+        for index, entry in state["state"].items()
+        for key, value in entry.items()
+        if torch.is_tensor(value)
+    }
     return tensors, state["param_groups"]
 
 

@@ -65,11 +65,14 @@ class LogMelDecoder(nn.Module):
         super().__init__()
         self.upsample = upsample
         self.net = nn.Sequential(
-            nn.Conv1d(code_dim, channels, 3, padding=1), nn.GELU(),
-            nn.ConvTranspose1d(channels, channels, 2 * upsample, stride=upsample, padding=upsample // 2)
-            if upsample > 1 else nn.Conv1d(channels, channels, 3, padding=1),
+            nn.Conv1d(code_dim, channels, 3, padding=1),
             nn.GELU(),
-            nn.Conv1d(channels, channels, 5, padding=2), nn.GELU(),
+            nn.ConvTranspose1d(channels, channels, 2 * upsample, stride=upsample, padding=upsample // 2)
+            if upsample > 1
+            else nn.Conv1d(channels, channels, 3, padding=1),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, 5, padding=2),
+            nn.GELU(),
             nn.Conv1d(channels, n_mels, 5, padding=2),
         )
 
@@ -94,8 +97,9 @@ class VQVAE(nn.Module):
     def __init__(self, model_config, quantizer_config, sample_rate: int = 16000):
         super().__init__()
         self.sample_rate = sample_rate
-        self.encoder = ConvEncoder(model_config.channels, model_config.kernels, model_config.strides,
-                                   model_config.code_dim)
+        self.encoder = ConvEncoder(
+            model_config.channels, model_config.kernels, model_config.strides, model_config.code_dim
+        )
         self.quantizer = build_quantizer(quantizer_config, model_config.code_dim)
         upsample = round(self.encoder.hop / (sample_rate / LOGMEL_RATE_HZ))
         self.decoder = LogMelDecoder(model_config.code_dim, model_config.decoder_channels, max(upsample, 1))

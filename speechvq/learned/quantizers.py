@@ -36,8 +36,16 @@ class VectorQuantizerEMA(nn.Module):
     The codebook is initialised by k-means on the first batch, and a code unused for `dead_code_steps`
     training steps is re-seeded from a random recent encoder output (0 disables the restart)."""
 
-    def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, commitment: float = 0.25,
-                 dead_code_steps: int = 50, kmeans_init: bool = True, eps: float = 1e-5):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        decay: float = 0.99,
+        commitment: float = 0.25,
+        dead_code_steps: int = 50,
+        kmeans_init: bool = True,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.dim, self.codebook_size = dim, codebook_size
         self.decay, self.commitment, self.dead_code_steps, self.eps = decay, commitment, dead_code_steps, eps
@@ -67,8 +75,10 @@ class VectorQuantizerEMA(nn.Module):
         if self.training:
             self._ema_update(flat.detach(), indices.reshape(-1), generator)
         commit = F.mse_loss(z, quantized.detach())
-        stats = {"perplexity": _perplexity(indices, self.codebook_size),
-                 "usage": float(indices.unique().numel() / self.codebook_size)}
+        stats = {
+            "perplexity": _perplexity(indices, self.codebook_size),
+            "usage": float(indices.unique().numel() / self.codebook_size),
+        }
         return QuantizerOutput(z + (quantized - z).detach(), indices.unsqueeze(-1), self.commitment * commit, stats)
 
     @torch.no_grad()
@@ -77,8 +87,11 @@ class VectorQuantizerEMA(nn.Module):
         if flat.shape[0] >= self.codebook_size:
             centroids = kmeans(flat, self.codebook_size, generator=generator, max_iter=20, n_init=1).centroids
         else:
-            centroids = flat[torch.randint(flat.shape[0], (self.codebook_size,), generator=generator,
-                                           device=generator.device).to(flat.device)]
+            centroids = flat[
+                torch.randint(flat.shape[0], (self.codebook_size,), generator=generator, device=generator.device).to(
+                    flat.device
+                )
+            ]
         self.codebook.copy_(centroids)
         self.ema_sum.copy_(centroids)
         self.ema_count.fill_(1.0)
@@ -98,8 +111,9 @@ class VectorQuantizerEMA(nn.Module):
             dead = (self.steps_unused >= self.dead_code_steps).nonzero().squeeze(1)
             if dead.numel():
                 generator = generator or torch.Generator(device=flat.device).manual_seed(int(total) % 2**31)
-                pick = torch.randint(flat.shape[0], (dead.numel(),), generator=generator,
-                                     device=generator.device).to(flat.device)
+                pick = torch.randint(flat.shape[0], (dead.numel(),), generator=generator, device=generator.device).to(
+                    flat.device
+                )
                 self.codebook[dead] = flat[pick]
                 self.ema_sum[dead] = flat[pick]
                 self.ema_count[dead] = 1.0
@@ -131,14 +145,15 @@ class ResidualVQ(nn.Module):
         used = self.active_stages
         if self.training and self.dropout:
             g = generator if generator is not None else None
-            used = int(torch.randint(1, self.num_codebooks + 1, (1,), generator=g,
-                                     device=g.device if g is not None else "cpu"))
-        residual, quantized, losses, indices, stats = z, torch.zeros_like(z), [], [], {}
+            used = int(
+                torch.randint(1, self.num_codebooks + 1, (1,), generator=g, device=g.device if g is not None else "cpu")
+            )
+        residual, codes, losses, indices, stats = z, torch.zeros_like(z), [], [], {}
         for number, stage in enumerate(self.stages[:used]):
             out = stage(residual, generator)
-            quantized = quantized + out.quantized
-            # the straight-through value equals the codeword, so the next stage sees the true residual
-            residual = residual - out.quantized.detach()
+            codeword = out.quantized.detach()  # the straight-through value equals the codeword
+            codes = codes + codeword
+            residual = residual - codeword  # the next stage quantizes what is left; gradients still reach z
             losses.append(out.loss)
             indices.append(out.indices)
             stats[f"perplexity_{number}"] = out.stats["perplexity"]
@@ -146,6 +161,7 @@ class ResidualVQ(nn.Module):
         stats["perplexity"] = stats["perplexity_0"]
         stats["usage"] = sum(stats[f"usage_{i}"] for i in range(used)) / used
         stats["stages"] = used
+        quantized = z + (codes - z).detach()  # one straight-through for the sum of all stages
         return QuantizerOutput(quantized, torch.cat(indices, dim=-1), torch.stack(losses).sum(), stats)
 
 
@@ -157,8 +173,9 @@ class ProductVQ(nn.Module):
         if dim % num_groups:
             raise ValueError(f"dim {dim} is not divisible by num_groups {num_groups}")
         self.dim, self.codebook_size, self.num_codebooks = dim, codebook_size, num_groups
-        self.groups = nn.ModuleList(VectorQuantizerEMA(dim // num_groups, codebook_size, **vq_kwargs)
-                                    for _ in range(num_groups))
+        self.groups = nn.ModuleList(
+            VectorQuantizerEMA(dim // num_groups, codebook_size, **vq_kwargs) for _ in range(num_groups)
+        )
 
     def _slices(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return z.chunk(self.num_codebooks, dim=-1)
@@ -174,9 +191,12 @@ class ProductVQ(nn.Module):
         stats = {f"perplexity_{i}": o.stats["perplexity"] for i, o in enumerate(outs)}
         stats["perplexity"] = math.prod(o.stats["perplexity"] for o in outs) ** (1 / len(outs))
         stats["usage"] = sum(o.stats["usage"] for o in outs) / len(outs)
-        return QuantizerOutput(torch.cat([o.quantized for o in outs], dim=-1),
-                               torch.cat([o.indices for o in outs], dim=-1),
-                               torch.stack([o.loss for o in outs]).sum(), stats)
+        return QuantizerOutput(
+            torch.cat([o.quantized for o in outs], dim=-1),
+            torch.cat([o.indices for o in outs], dim=-1),
+            torch.stack([o.loss for o in outs]).sum(),
+            stats,
+        )
 
 
 class GumbelVQ(nn.Module):
@@ -184,8 +204,9 @@ class GumbelVQ(nn.Module):
     forward pass with soft gradients, temperature annealed by the trainer, and the diversity loss
     (GV - perplexity of the batch-averaged softmax) / GV that keeps all entries in use."""
 
-    def __init__(self, dim: int, codebook_size: int, num_groups: int, diversity_weight: float = 0.1,
-                 temperature: float = 2.0):
+    def __init__(
+        self, dim: int, codebook_size: int, num_groups: int, diversity_weight: float = 0.1, temperature: float = 2.0
+    ):
         super().__init__()
         if dim % num_groups:
             raise ValueError(f"dim {dim} is not divisible by num_groups {num_groups}")
@@ -207,8 +228,9 @@ class GumbelVQ(nn.Module):
     def forward(self, z: torch.Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:
         logits = self._group_logits(z).float()  # (batch, frames, G, V)
         if self.training:
-            uniform = torch.rand(logits.shape, generator=generator, device=generator.device if generator
-                                 is not None else logits.device).to(logits.device)
+            uniform = torch.rand(
+                logits.shape, generator=generator, device=generator.device if generator is not None else logits.device
+            ).to(logits.device)
             gumbel = -torch.log(-torch.log(uniform.clamp(1e-9, 1 - 1e-9)))
             soft = F.softmax((logits + gumbel) / self.temperature, dim=-1)
             indices = soft.argmax(dim=-1)
@@ -224,15 +246,23 @@ class GumbelVQ(nn.Module):
         diversity = (total - prob_perplexity) / total
         code_perplexity = sum(_perplexity(indices[..., g], self.codebook_size) for g in range(self.num_codebooks))
         usage = sum(indices[..., g].unique().numel() for g in range(self.num_codebooks)) / total
-        stats = {"perplexity": code_perplexity, "prob_perplexity": float(prob_perplexity), "usage": usage,
-                 "temperature": self.temperature}
+        stats = {
+            "perplexity": code_perplexity,
+            "prob_perplexity": prob_perplexity.item(),
+            "usage": usage,
+            "temperature": self.temperature,
+        }
         return QuantizerOutput(quantized, indices, self.diversity_weight * diversity, stats)
 
 
 def build_quantizer(config, dim: int) -> nn.Module:
     """config: QuantizerConfig."""
-    vq = {"decay": config.ema_decay, "commitment": config.commitment, "dead_code_steps": config.dead_code_steps,
-          "kmeans_init": config.kmeans_init}
+    vq = {
+        "decay": config.ema_decay,
+        "commitment": config.commitment,
+        "dead_code_steps": config.dead_code_steps,
+        "kmeans_init": config.kmeans_init,
+    }
     if config.name == "vq_ema":
         return VectorQuantizerEMA(dim, config.codebook_size, **vq)
     if config.name == "residual":
@@ -240,8 +270,9 @@ def build_quantizer(config, dim: int) -> nn.Module:
     if config.name == "product":
         return ProductVQ(dim, config.codebook_size, config.num_codebooks, **vq)
     if config.name == "gumbel":
-        return GumbelVQ(dim, config.codebook_size, config.num_codebooks, config.diversity_weight,
-                        config.gumbel_temperature[0])
+        return GumbelVQ(
+            dim, config.codebook_size, config.num_codebooks, config.diversity_weight, config.gumbel_temperature[0]
+        )
     from ..errors import ConfigError
 
     raise ConfigError("train_encoder.quantizer.name", config.name, "choose vq_ema, gumbel, residual or product")

@@ -13,8 +13,15 @@ from tqdm.auto import tqdm
 
 from ..config import TrainEncoderConfig
 from ..errors import ConfigError
-from .checkpoint import (CHECKPOINT_FILE, MODEL_FILE, load_tensors, optimizer_tensors, restore_optimizer,
-                         save_tensors, state_fingerprint)
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    load_tensors,
+    optimizer_tensors,
+    restore_optimizer,
+    save_tensors,
+    state_fingerprint,
+)
 from .model import VQVAE
 
 log = logging.getLogger(__name__)
@@ -49,8 +56,14 @@ def config_record(config: TrainEncoderConfig, sample_rate: int) -> dict:
     return {"train_encoder": dataclasses.asdict(config), "sample_rate": sample_rate}
 
 
-def train_vqvae(config: TrainEncoderConfig, waves: list[torch.Tensor], out_dir: Path, device: torch.device,
-                seed: int, sample_rate: int = 16000) -> tuple[VQVAE, list[dict]]:
+def train_vqvae(
+    config: TrainEncoderConfig,
+    waves: list[torch.Tensor],
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    sample_rate: int = 16000,
+) -> tuple[VQVAE, list[dict]]:
     """Train on `waves` (mono float32 at sample_rate); checkpoints, the final model and history go to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # parameter initialisation only; every later draw uses explicit generators
@@ -63,17 +76,21 @@ def train_vqvae(config: TrainEncoderConfig, waves: list[torch.Tensor], out_dir: 
     if checkpoint.exists():
         tensors, meta = load_tensors(checkpoint)
         if meta["config"] != record:
-            raise ConfigError("train_encoder", "(changed)", f"{checkpoint} was made with another training config; "
-                              "use a new run folder or delete the checkpoint")
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            raise ConfigError(
+                "train_encoder",
+                "(changed)",
+                f"{checkpoint} was made with another training config; use a new run folder or delete the checkpoint",
+            )
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, meta["param_groups"])
         history, first_step = meta["history"], meta["step"]
         log.info("train_encoder: resuming from step %d (%s)", first_step, checkpoint)
     train_ids, val_ids = split_validation(len(waves), config.validation_fraction)
     segment = round(config.segment_s * sample_rate)
     use_bf16 = device.type == "cuda"
-    bar = tqdm(range(first_step, config.steps), initial=first_step, total=config.steps, desc="train_encoder",
-               disable=None)
+    bar = tqdm(
+        range(first_step, config.steps), initial=first_step, total=config.steps, desc="train_encoder", disable=None
+    )
     model.train()
     for step in bar:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -88,8 +105,13 @@ def train_vqvae(config: TrainEncoderConfig, waves: list[torch.Tensor], out_dir: 
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        entry = {"step": step + 1, "loss": out.loss.item(), "reconstruction": out.reconstruction_loss.item(),
-                 "grad_norm": float(grad_norm), **{k: float(v) for k, v in out.quantizer.stats.items()}}
+        entry = {
+            "step": step + 1,
+            "loss": out.loss.item(),
+            "reconstruction": out.reconstruction_loss.item(),
+            "grad_norm": float(grad_norm),
+            **{k: float(v) for k, v in out.quantizer.stats.items()},
+        }
         if val_ids and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
             entry["val_reconstruction"] = validate(model, [waves[i] for i in val_ids], segment, device)
         history.append(entry)
@@ -99,8 +121,13 @@ def train_vqvae(config: TrainEncoderConfig, waves: list[torch.Tensor], out_dir: 
     bar.close()
     model.eval()
     state = {k: v for k, v in model.state_dict().items()}
-    meta = {**record, "frame_rate_hz": model.frame_rate_hz, "fingerprint": state_fingerprint(state),
-            "steps": config.steps, "final": history[-1] if history else {}}
+    meta = {
+        **record,
+        "frame_rate_hz": model.frame_rate_hz,
+        "fingerprint": state_fingerprint(state),
+        "steps": config.steps,
+        "final": history[-1] if history else {},
+    }
     save_tensors(out_dir / MODEL_FILE, state, meta)
     _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
     return model, history
@@ -131,8 +158,9 @@ def load_vqvae(path: str | Path, device: torch.device | str = "cpu") -> tuple[VQ
         path = path / "encoder" / MODEL_FILE if (path / "encoder").is_dir() else path / MODEL_FILE
     tensors, meta = load_tensors(path)
     settings = meta["train_encoder"]
-    model = VQVAE(EncoderModelConfig(**settings["model"]), QuantizerConfig(**settings["quantizer"]),
-                  meta["sample_rate"])
+    model = VQVAE(
+        EncoderModelConfig(**settings["model"]), QuantizerConfig(**settings["quantizer"]), meta["sample_rate"]
+    )
     model.load_state_dict(tensors)
     if state_fingerprint(tensors) != meta["fingerprint"]:
         raise ConfigError("checkpoint", str(path), "weights do not match their recorded fingerprint")
