@@ -13,6 +13,7 @@ class DataConfig:
     alignment_rate_hz: float = 100.0  # frame rate of the TSV labels
     split: str = "train"  # name of the output files: <split>.km, <split>.tsv
     num_workers: int = 2  # decoding processes (0 = decode in the main process)
+    batch_seconds: float = 60.0  # audio per feature-extraction batch (bounds the memory of the features stage)
     on_error: str = "raise"  # raise | skip (skipped files are listed in errors.tsv)
 
 

@@ -131,11 +131,13 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     waveforms = iter_waveforms(
         good, config.features.sample_rate, config.data.num_workers, config.data.on_error, skipped
     )
-    with torch.inference_mode():
-        for waveform in tqdm(waveforms, total=len(good), desc="features", unit="utt", disable=None):
-            frames = extractor(waveform.samples.to(device))
-            writer.add(FeatureMatrix(waveform.utt_id, frames, extractor.frame_rate_hz))
-            processed.append(by_id[waveform.utt_id])
+    batch_samples = config.data.batch_seconds * config.features.sample_rate
+    with torch.inference_mode(), tqdm(total=len(good), desc="features", unit="utt", disable=None) as bar:
+        for batch in _batches(waveforms, batch_samples):
+            for waveform, frames in zip(batch, extractor.extract_batch([w.samples.to(device) for w in batch])):
+                writer.add(FeatureMatrix(waveform.utt_id, frames, extractor.frame_rate_hz))
+                processed.append(by_id[waveform.utt_id])
+            bar.update(len(batch))
     _write_errors(result.run_dir / ERRORS_FILE, skipped)
     result.counts = {"found": found, "processed": len(processed), "skipped": len(skipped)}
     if not processed:
@@ -148,6 +150,19 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     )
     writer.close({"counts": result.counts, "source": str(config.data.path)})
     log.info("features: %d processed, %d skipped of %d found", len(processed), len(skipped), found)
+
+
+def _batches(waveforms, max_samples: float, max_items: int = 512):
+    """Group consecutive waveforms until their total length reaches max_samples."""
+    batch, total = [], 0
+    for waveform in waveforms:
+        batch.append(waveform)
+        total += waveform.samples.numel()
+        if total >= max_samples or len(batch) >= max_items:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
 
 
 def _write_errors(path: Path, skipped: list[SkippedFile]) -> None:

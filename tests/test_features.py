@@ -80,3 +80,21 @@ def test_num_frames_matches_output(num_samples):
 def test_unknown_feature_name_is_named_error():
     with pytest.raises(ConfigError, match="features.name"):
         build_extractor(FeatureConfig(name="mfc"))
+
+
+@pytest.mark.parametrize("name", ["mfcc_hubert", "fbank"])
+def test_batched_extraction_equals_the_per_utterance_recipe(name):
+    # Lengths from below one frame to 6 s, in one padded batch: each item must equal its own recipe output.
+    g = torch.Generator().manual_seed(0)
+    lengths = [100, 399, 400, 401, 559, 4000, 16000, 96000] + torch.randint(400, 40000, (8,), generator=g).tolist()
+    waves = [torch.from_numpy(speechlike(n / 16000 + 1e-6, 16000, seed=i))[:n] for i, n in enumerate(lengths)]
+    config = FeatureConfig(name=name, num_mel_bins=23 if name == "mfcc_hubert" else 80)
+    extractor = build_extractor(config)
+    for wave, frames in zip(waves, extractor.extract_batch(waves)):
+        if name == "mfcc_hubert":
+            reference = fairseq_mfcc(wave, 16000) if wave.numel() >= 400 else torch.zeros(0, 39)
+        else:
+            reference = torchaudio.compliance.kaldi.fbank(wave.view(1, -1), num_mel_bins=80) if wave.numel() >= 400 \
+                else torch.zeros(0, 80)
+        assert frames.shape == reference.shape
+        torch.testing.assert_close(frames, reference, atol=1e-4, rtol=0)

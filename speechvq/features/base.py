@@ -16,6 +16,9 @@ class FeatureExtractor(Protocol):
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         """(num_samples,) float32 at config.sample_rate -> (num_frames, dim) float32, on samples' device."""
 
+    def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several waveforms at once -> their frames, each equal to what __call__ gives alone."""
+
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of `num_samples` samples."""
 

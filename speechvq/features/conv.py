@@ -35,6 +35,9 @@ class ConvEncoderExtractor:
     def num_frames(self, num_samples: int) -> int:
         return self.model.encoder.num_frames(num_samples)
 
+    def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self(w) for w in waveforms]
+
     @torch.inference_mode()
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         if self.num_frames(samples.numel()) == 0:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 import torchaudio
-from torchaudio.compliance import kaldi
 
 from ..config import FeatureConfig
+from . import kaldi_batched
 from .base import normalize_utterance
 
 
@@ -40,6 +40,10 @@ class _FrameExtractor:
     def _static(self, samples: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Many utterances -> their frames; families with a batched implementation override this."""
+        return [self(w) for w in waveforms]
+
     def describe(self) -> dict:
         return self.config.to_dict()
 
@@ -55,36 +59,52 @@ def _with_deltas(frames: torch.Tensor) -> torch.Tensor:
     return torch.cat([static, deltas, delta_deltas], dim=0).T
 
 
-class KaldiMFCCExtractor(_FrameExtractor):
+class _KaldiBatched(_FrameExtractor):
+    """Kaldi features computed for a whole batch at once (kaldi_batched), equal to the per-utterance
+    torchaudio.compliance.kaldi path (+ compute_deltas) to float32 rounding."""
+
+    def __call__(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.extract_batch([samples])[0]
+
+    def _static_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        batch, lengths = kaldi_batched.pad_batch(waveforms)
+        num_frames = torch.tensor([self.num_frames(int(n)) for n in lengths])
+        frames = self._static_batch(batch)
+        if self.deltas and frames.shape[1]:
+            deltas = kaldi_batched.deltas_batch(frames, num_frames)
+            frames = torch.cat([frames, deltas, kaldi_batched.deltas_batch(deltas, num_frames)], dim=2)
+        out = []
+        for item, count in enumerate(num_frames.tolist()):
+            utterance = frames[item, :count] if count else batch.new_zeros((0, self.dim))
+            if self.config.normalize == "utterance":
+                utterance = normalize_utterance(utterance)
+            out.append(utterance.contiguous())
+        return out
+
+
+class KaldiMFCCExtractor(_KaldiBatched):
+    """fairseq's HuBERT recipe: Kaldi MFCC (no energy) + deltas + delta-deltas."""
+
     def __init__(self, config: FeatureConfig):
         super().__init__(config, config.num_ceps, config.deltas)
 
-    def _static(self, samples: torch.Tensor) -> torch.Tensor:
-        return kaldi.mfcc(
-            samples.view(1, -1),
-            sample_frequency=self.config.sample_rate,
-            num_ceps=self.config.num_ceps,
-            num_mel_bins=self.config.num_mel_bins,
-            frame_length=self.config.frame_length_ms,
-            frame_shift=self.config.frame_shift_ms,
-            use_energy=False,
-        )
+    def _static_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return kaldi_batched.mfcc_batch(batch, c.sample_rate, self.window, self.hop, c.num_mel_bins, c.num_ceps)
 
 
-class FbankExtractor(_FrameExtractor):
+class FbankExtractor(_KaldiBatched):
     """Kaldi log-mel filterbank (num_mel_bins wide, no deltas)."""
 
     def __init__(self, config: FeatureConfig):
         super().__init__(config, config.num_mel_bins, deltas=False)
 
-    def _static(self, samples: torch.Tensor) -> torch.Tensor:
-        return kaldi.fbank(
-            samples.view(1, -1),
-            sample_frequency=self.config.sample_rate,
-            num_mel_bins=self.config.num_mel_bins,
-            frame_length=self.config.frame_length_ms,
-            frame_shift=self.config.frame_shift_ms,
-        )
+    def _static_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return kaldi_batched.log_mel_batch(batch, c.sample_rate, self.window, self.hop, c.num_mel_bins)
 
 
 class LibrosaMFCCExtractor(_FrameExtractor):

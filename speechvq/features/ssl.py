@@ -70,7 +70,20 @@ class SSLExtractor:
 
     @torch.inference_mode()
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Different-length (num_samples,) waveforms -> [(num_frames_i, dim)], one padded, masked forward pass."""
+        """Different-length (num_samples,) waveforms -> [(num_frames_i, dim)]: the short ones in one padded,
+        masked forward pass, each long one in overlapping chunks, too-short ones as (0, dim)."""
+        chunk = round(self.config.chunk_s * self.config.sample_rate) // self.hop * self.hop
+        out: list[torch.Tensor | None] = [None] * len(waveforms)
+        short = [i for i, w in enumerate(waveforms) if 0 < self.num_frames(w.numel()) and w.numel() <= chunk]
+        for i, frames in zip(short, self._forward([waveforms[i] for i in short]) if short else []):
+            out[i] = frames
+        for i, wave in enumerate(waveforms):
+            if out[i] is None:
+                empty = self.num_frames(wave.numel()) == 0
+                out[i] = wave.new_zeros((0, self.dim)) if empty else self._chunked(wave.to(self._device()), chunk)
+        return out
+
+    def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         device = self._device()
         fronts = [self.model.feature_extractor(w.to(device).view(1, -1), None)[0][0] for w in waveforms]
         lengths = torch.tensor([f.shape[0] for f in fronts], device=device)
@@ -79,16 +92,10 @@ class SSLExtractor:
         layers = self.model.encoder.extract_features(padded, lengths, num_layers=self.config.layer)
         return [layers[-1][i, : int(n)].float() for i, n in enumerate(lengths)]
 
-    @torch.inference_mode()
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
-        if self.num_frames(samples.numel()) == 0:
-            return samples.new_zeros((0, self.dim))
-        if next(self.model.parameters()).device != samples.device:
+        if self._device() != samples.device:
             self.model.to(samples.device)
-        chunk = round(self.config.chunk_s * self.config.sample_rate) // self.hop * self.hop
-        if samples.numel() <= chunk:
-            return self.extract_batch([samples])[0]
-        return self._chunked(samples, chunk)
+        return self.extract_batch([samples])[0]
 
     def _chunked(self, samples: torch.Tensor, chunk: int) -> torch.Tensor:
         """Overlapping windows with CONTEXT_S of context each side; frame i of a window starting at sample s
@@ -99,7 +106,7 @@ class SSLExtractor:
         for core_start in range(0, samples.numel(), chunk):
             start = max(0, core_start - context)
             window = samples[start : core_start + chunk + context]
-            frames = self.extract_batch([window])[0]
+            frames = self._forward([window])[0]
             first = core_start // self.hop
             last = min(total, (core_start + chunk) // self.hop)
             if first >= last:
