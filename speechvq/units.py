@@ -15,8 +15,8 @@ from .quantize import nearest_codewords
 class KMeansUnits:
     num_codebooks = 1
 
-    def __init__(self, codebook: Codebook, chunk_size: int = 65536):
-        self.codebook, self.chunk_size = codebook, chunk_size
+    def __init__(self, codebook: Codebook, chunk_size: int = 65536, precision: str = "exact"):
+        self.codebook, self.chunk_size, self.precision = codebook, chunk_size, precision
         self.fingerprint = codebook.fingerprint
         self.codebook_size = codebook.codebook_size
         self.feature_config = codebook.feature_config
@@ -83,7 +83,8 @@ class LearnedUnits:
         return frames
 
 
-def load_unit_model(name: str, path: str | Path | None, run_dir: Path, chunk_size: int = 65536):
+def load_unit_model(name: str, path: str | Path | None, run_dir: Path, chunk_size: int = 65536,
+                    precision: str = "exact"):
     """codebook.name=kmeans: a Codebook (codebook.path or the run's own); learned: the run's (or path's) VQ-VAE."""
     if name == "learned":
         from .learned.train import load_vqvae
@@ -92,4 +93,4 @@ def load_unit_model(name: str, path: str | Path | None, run_dir: Path, chunk_siz
         return LearnedUnits(model, meta)
     from .codebook.codebook import CODEBOOK_FILE
 
-    return KMeansUnits(load_codebook(path or run_dir / CODEBOOK_FILE), chunk_size)
+    return KMeansUnits(load_codebook(path or run_dir / CODEBOOK_FILE), chunk_size, precision)

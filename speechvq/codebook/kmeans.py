@@ -36,10 +36,16 @@ def kmeans(
     n_init: int = 1,
     chunk_size: int = 65536,
     progress: bool = False,
+    precision: str = "exact",
 ) -> KMeansResult:
-    """Cluster frames (num_frames, dim) into codebook_size centroids; best of n_init restarts."""
+    """Cluster frames (num_frames, dim) into codebook_size centroids; best of n_init restarts.
+
+    precision="fast" (CUDA) assigns with TF32 + exact re-rank of the top two and sums clusters with
+    index_add_ (atomics: fast, but not bit-reproducible); "exact" is fp32 and deterministic."""
     if frames.ndim != 2:
         raise ValueError(f"frames must be (num_frames, dim), got shape {tuple(frames.shape)}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     if frames.shape[0] < codebook_size:
         raise ValueError(f"need at least codebook_size={codebook_size} frames to train, got {frames.shape[0]}")
     frames = frames.to(torch.float32).contiguous()
@@ -96,16 +102,17 @@ def lloyd(
     chunk_size: int = 65536,
     progress: bool = False,
     description: str = "k-means",
+    precision: str = "exact",
 ) -> KMeansResult:
     """Lloyd iterations from the given centroids until the relative inertia gain drops below tol."""
     codebook_size = centroids.shape[0]
     history: list[float] = []
     converged = False
-    labels, sq_dists = nearest_codewords(frames, centroids, chunk_size)
+    labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, precision)
     bar = tqdm(total=max_iter, desc=description, disable=None if progress else True, leave=False)
     for _ in range(max_iter):
-        centroids = _update(frames, labels, sq_dists, centroids, codebook_size)
-        new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size)
+        centroids = _update(frames, labels, sq_dists, centroids, codebook_size, precision)
+        new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, precision)
         inertia = float(sq_dists.sum(dtype=torch.float64))
         bar.update(1)
         bar.set_postfix(inertia=f"{inertia:.5g}")
@@ -120,9 +127,12 @@ def lloyd(
     return KMeansResult(centroids, history[-1], len(history), converged, history)
 
 
-def _update(frames, labels, sq_dists, centroids, codebook_size) -> torch.Tensor:
+def _update(frames, labels, sq_dists, centroids, codebook_size, precision="exact") -> torch.Tensor:
     counts = torch.bincount(labels, minlength=codebook_size)
-    sums = _cluster_sums(frames, labels, codebook_size)
+    if precision == "fast" and frames.is_cuda:
+        sums = torch.zeros(codebook_size, frames.shape[1], device=frames.device).index_add_(0, labels, frames)
+    else:
+        sums = _cluster_sums(frames, labels, codebook_size)
     updated = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
     empty = (counts == 0).nonzero().squeeze(1)
     if empty.numel():
@@ -134,15 +144,17 @@ def _update(frames, labels, sq_dists, centroids, codebook_size) -> torch.Tensor:
 
 
 def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Per-cluster sums in float64. index_add_ is deterministic on the CPU; on CUDA it uses atomics,
-    so there the sums are a one-hot GEMM per chunk, which is deterministic and fast."""
+    """Per-cluster sums, accumulated in float64 across chunks. index_add_ is deterministic on the CPU; on
+    CUDA it uses atomics, so there the sums are a one-hot GEMM per chunk, which is deterministic."""
     sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64, device=frames.device)
-    if frames.device.type == "cpu":
-        return sums.index_add_(0, labels, frames.to(torch.float64))
     chunk = 65536
     for start in range(0, frames.shape[0], chunk):
-        one_hot = torch.nn.functional.one_hot(labels[start : start + chunk], codebook_size).to(frames.dtype)
-        sums += (one_hot.T @ frames[start : start + chunk]).to(torch.float64)
+        rows, row_labels = frames[start : start + chunk], labels[start : start + chunk]
+        if frames.device.type == "cpu":
+            part = torch.zeros(codebook_size, frames.shape[1], dtype=frames.dtype).index_add_(0, row_labels, rows)
+        else:
+            part = torch.nn.functional.one_hot(row_labels, codebook_size).to(frames.dtype).T @ rows
+        sums += part.to(torch.float64)
     return sums
 
 
