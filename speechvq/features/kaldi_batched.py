@@ -1,10 +1,9 @@
 """Kaldi MFCC / fbank for many utterances at once.
 
 The same arithmetic as torchaudio.compliance.kaldi (snip_edges framing, DC removal, pre-emphasis 0.97, Povey
-window, 512-point power spectrum, Kaldi mel banks, log, orthonormal DCT, lifter 22; no dither), done on a
-padded (batch, samples) tensor, so a whole batch costs a handful of large tensor ops instead of ~30 small ops
-per utterance. Every step is per frame, so padding never leaks into a real frame; deltas use each
-utterance's own last frame for their edge padding."""
+window, 512-point power spectrum, Kaldi mel banks, log, orthonormal DCT, lifter 22; no dither). The frames of
+all utterances are stacked into one (total_frames, window) matrix with no padding, so a batch costs a handful
+of large tensor ops instead of ~30 small ops per utterance. Deltas clamp at each utterance's own edges."""
 
 from __future__ import annotations
 
@@ -20,53 +19,66 @@ LIFTER = 22.0
 
 
 @functools.lru_cache(maxsize=8)
-def _constants(sample_rate: int, window: int, num_mel_bins: int, num_ceps: int):
+def _constants(sample_rate: int, window: int, num_mel_bins: int, num_ceps: int, device: torch.device):
     padded = 1 << (window - 1).bit_length()
     povey = torch.hann_window(window, periodic=False).pow(0.85)  # float32, exactly as torchaudio makes it
     banks, _ = kaldi.get_mel_banks(num_mel_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
     banks = torch.nn.functional.pad(banks.float(), (0, 1))  # (bins, padded // 2 + 1)
     dct = torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps] if num_ceps else None
     lifter = 1.0 + 0.5 * LIFTER * torch.sin(math.pi * torch.arange(num_ceps) / LIFTER) if num_ceps else None
-    return padded, povey, banks, dct, lifter
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return padded, move(povey), move(banks.T.contiguous()), move(dct), move(lifter)
 
 
-def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([w.numel() for w in waveforms])
-    return torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True), lengths
+def frame_counts(lengths: list[int], window: int, hop: int) -> list[int]:
+    return [0 if n < window else 1 + (n - window) // hop for n in lengths]
 
 
-def log_mel_batch(batch: torch.Tensor, sample_rate: int, window: int, hop: int, num_mel_bins: int) -> torch.Tensor:
-    """(batch, samples) -> Kaldi log-mel (batch, max_frames, num_mel_bins); frames past an item's end are junk."""
-    padded, povey, banks, _, _ = _constants(sample_rate, window, num_mel_bins, 0)
-    if batch.shape[1] < window:
-        return batch.new_zeros((batch.shape[0], 0, num_mel_bins))
-    frames = batch.unfold(1, window, hop)  # (batch, frames, window), a view
-    frames = frames - frames.mean(dim=-1, keepdim=True)
-    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi repeats the first sample
-    frames = (frames - PREEMPHASIS * previous) * povey.to(frames.device)
-    spectrum = torch.fft.rfft(frames, n=padded)
-    power = spectrum.real.square() + spectrum.imag.square()
-    mel = power @ banks.to(frames.device).T
-    return mel.clamp_(min=torch.finfo(torch.float32).eps).log_()
+def stack_frames(waveforms: list[torch.Tensor], window: int, hop: int) -> tuple[torch.Tensor, list[int]]:
+    """All utterances' analysis windows stacked as (total_frames, window), and each utterance's frame count."""
+    counts = frame_counts([w.numel() for w in waveforms], window, hop)
+    views = [w.unfold(0, window, hop) for w, count in zip(waveforms, counts) if count]
+    device = waveforms[0].device if waveforms else torch.device("cpu")
+    return (torch.cat(views) if views else torch.zeros(0, window, device=device)), counts
 
 
-def mfcc_batch(batch: torch.Tensor, sample_rate: int, window: int, hop: int, num_mel_bins: int,
-               num_ceps: int) -> torch.Tensor:
-    """(batch, samples) -> Kaldi MFCC without energy (batch, max_frames, num_ceps)."""
-    _, _, _, dct, lifter = _constants(sample_rate, window, num_mel_bins, num_ceps)
-    log_mel = log_mel_batch(batch, sample_rate, window, hop, num_mel_bins)
-    return (log_mel @ dct.to(batch.device)) * lifter.to(batch.device)
+def log_mel(frames: torch.Tensor, sample_rate: int, num_mel_bins: int) -> torch.Tensor:
+    """(frames, window) raw samples -> Kaldi log-mel energies (frames, num_mel_bins).
+
+    The per-frame steps keep torchaudio's order of operations (float32 frame mean, then pre-emphasis with the
+    first sample repeated), which keeps the result within float32 rounding of the per-utterance path."""
+    padded, povey, banks_t, _, _ = _constants(sample_rate, frames.shape[1], num_mel_bins, 0, frames.device)
+    centred = frames - frames.mean(dim=1, keepdim=True)
+    emphasized = torch.empty_like(centred)
+    emphasized[:, 1:] = centred[:, 1:] - PREEMPHASIS * centred[:, :-1]
+    emphasized[:, 0] = centred[:, 0] - PREEMPHASIS * centred[:, 0]
+    spectrum = torch.fft.rfft(emphasized.mul_(povey), n=padded)
+    power = spectrum.real.square_() + spectrum.imag.square_()
+    return (power @ banks_t).clamp_(min=torch.finfo(torch.float32).eps).log_()
 
 
-def deltas_batch(features: torch.Tensor, num_frames: torch.Tensor, width: int = 2) -> torch.Tensor:
-    """torchaudio.functional.compute_deltas (window 2 * width + 1, edges replicated) along the frame axis of
-    (batch, frames, dim), each item replicating its own last real frame."""
-    positions = torch.arange(features.shape[1], device=features.device)
-    last = (num_frames.to(features.device) - 1).clamp(min=0).unsqueeze(1)  # (batch, 1)
+def mfcc(frames: torch.Tensor, sample_rate: int, num_mel_bins: int, num_ceps: int) -> torch.Tensor:
+    """(frames, window) raw samples -> Kaldi MFCC without energy (frames, num_ceps)."""
+    _, _, _, dct, lifter = _constants(sample_rate, frames.shape[1], num_mel_bins, num_ceps, frames.device)
+    return (log_mel(frames, sample_rate, num_mel_bins) @ dct).mul_(lifter)
+
+
+def edge_clamped_neighbours(counts: list[int], offset: int, device: torch.device) -> torch.Tensor:
+    """For every stacked frame, the index of the frame `offset` away, clamped inside its own utterance."""
+    counts_t = torch.tensor(counts, device=device)
+    starts = torch.cumsum(counts_t, 0) - counts_t
+    first = torch.repeat_interleave(starts, counts_t)
+    last = first + torch.repeat_interleave(counts_t, counts_t) - 1
+    positions = torch.arange(int(counts_t.sum()), device=device)
+    return torch.minimum(torch.maximum(positions + offset, first), last)
+
+
+def deltas(features: torch.Tensor, counts: list[int], width: int = 2) -> torch.Tensor:
+    """torchaudio.functional.compute_deltas (window 2 * width + 1, edges replicated) of stacked
+    (frames, dim) features, each utterance replicating its own first and last frames."""
     out = torch.zeros_like(features)
     for n in range(1, width + 1):
-        ahead = torch.minimum(positions + n, last).clamp(min=0)
-        behind = torch.minimum((positions - n).clamp(min=0), last)
-        gather = lambda index: features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.shape[2]))  # noqa: E731
-        out += n * (gather(ahead) - gather(behind))
+        ahead = features.index_select(0, edge_clamped_neighbours(counts, n, features.device))
+        behind = features.index_select(0, edge_clamped_neighbours(counts, -n, features.device))
+        out += n * (ahead - behind)
     return out / (width * (width + 1) * (2 * width + 1) / 3)

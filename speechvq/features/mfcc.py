@@ -66,22 +66,23 @@ class _KaldiBatched(_FrameExtractor):
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         return self.extract_batch([samples])[0]
 
-    def _static_batch(self, batch: torch.Tensor) -> torch.Tensor:
+    def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
+        """(total_frames, window) stacked analysis windows -> (total_frames, static_dim)."""
         raise NotImplementedError
 
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        batch, lengths = kaldi_batched.pad_batch(waveforms)
-        num_frames = torch.tensor([self.num_frames(int(n)) for n in lengths])
-        frames = self._static_batch(batch)
-        if self.deltas and frames.shape[1]:
-            deltas = kaldi_batched.deltas_batch(frames, num_frames)
-            frames = torch.cat([frames, deltas, kaldi_batched.deltas_batch(deltas, num_frames)], dim=2)
-        out = []
-        for item, count in enumerate(num_frames.tolist()):
-            utterance = frames[item, :count] if count else batch.new_zeros((0, self.dim))
-            if self.config.normalize == "utterance":
-                utterance = normalize_utterance(utterance)
-            out.append(utterance.contiguous())
+        if not waveforms:
+            return []
+        windows, counts = kaldi_batched.stack_frames(waveforms, self.window, self.hop)
+        if windows.shape[0] == 0:  # every utterance shorter than one window
+            return [windows.new_zeros((0, self.dim)) for _ in counts]
+        frames = self._static_batch(windows)
+        if self.deltas and frames.shape[0]:
+            first = kaldi_batched.deltas(frames, counts)
+            frames = torch.cat([frames, first, kaldi_batched.deltas(first, counts)], dim=1)
+        out = list(frames.split(counts))
+        if self.config.normalize == "utterance":
+            out = [normalize_utterance(u) for u in out]
         return out
 
 
@@ -91,9 +92,8 @@ class KaldiMFCCExtractor(_KaldiBatched):
     def __init__(self, config: FeatureConfig):
         super().__init__(config, config.num_ceps, config.deltas)
 
-    def _static_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return kaldi_batched.mfcc_batch(batch, c.sample_rate, self.window, self.hop, c.num_mel_bins, c.num_ceps)
+    def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
+        return kaldi_batched.mfcc(frames, self.config.sample_rate, self.config.num_mel_bins, self.config.num_ceps)
 
 
 class FbankExtractor(_KaldiBatched):
@@ -102,9 +102,8 @@ class FbankExtractor(_KaldiBatched):
     def __init__(self, config: FeatureConfig):
         super().__init__(config, config.num_mel_bins, deltas=False)
 
-    def _static_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return kaldi_batched.log_mel_batch(batch, c.sample_rate, self.window, self.hop, c.num_mel_bins)
+    def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
+        return kaldi_batched.log_mel(frames, self.config.sample_rate, self.config.num_mel_bins)
 
 
 class LibrosaMFCCExtractor(_FrameExtractor):

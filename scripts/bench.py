@@ -1,0 +1,299 @@
+"""speechvq against the tools users would otherwise pick, stage by stage, on the same data in one run.
+
+  features    mfcc_hubert batched  vs  fairseq recipe (kaldi.mfcc + compute_deltas per utterance)  vs  librosa
+  k-means     speechvq  vs  MiniBatchKMeans (fairseq settings)  vs  faiss.Kmeans at the same iteration count
+  assignment  speechvq  vs  fairseq ApplyKmeans (numpy)  vs  faiss.IndexFlatL2
+  end to end  decode -> mfcc_hubert -> units, real-time factor and peak RSS; RSS at 1,000 vs 10,000 files
+
+Needs the [bench] extra (scikit-learn, faiss-cpu). Prints a table and writes JSON (--json).
+Usage: python scripts/bench.py [--json bench_results/bench.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import speechlike  # noqa: E402  the same synthetic speech the tests use
+
+from speechvq.codebook import kmeans  # noqa: E402
+from speechvq.config import FeatureConfig  # noqa: E402
+from speechvq.features import build_extractor  # noqa: E402
+from speechvq.quantize import nearest_codewords  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def record(section: str, method: str, seconds: float, **extra) -> None:
+    ROWS.append({"section": section, "method": method, "seconds": seconds, **extra})
+    details = "  ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+    print(f"  {section:<22} {method:<44} {seconds:8.3f} s  {details}", flush=True)
+
+
+def best_of(repeats: int, fn):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def inertia(frames: torch.Tensor, centroids) -> float:
+    _, sq = nearest_codewords(frames, torch.as_tensor(np.asarray(centroids), dtype=torch.float32))
+    return float(sq.double().sum())
+
+
+def exact_labels(frames: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Ground truth: float64 argmin, chunked."""
+    out = []
+    c64 = centroids.double()
+    for start in range(0, frames.shape[0], 8192):
+        x = frames[start : start + 8192].double()
+        out.append(torch.cdist(x, c64).argmin(1))
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------ features
+
+
+def bench_features(total_seconds: float) -> None:
+    rng = np.random.default_rng(0)
+    waves, seconds = [], 0.0
+    while seconds < total_seconds:
+        duration = float(rng.uniform(2, 15))
+        waves.append(torch.from_numpy(speechlike(duration, 16000, len(waves))))
+        seconds += duration
+
+    def recipe():
+        out = []
+        for w in waves:
+            m = torchaudio.compliance.kaldi.mfcc(w.view(1, -1), use_energy=False).T
+            d = torchaudio.functional.compute_deltas(m)
+            out.append(torch.cat([m, d, torchaudio.functional.compute_deltas(d)]).T)
+        return out
+
+    extractor = build_extractor(FeatureConfig())
+
+    def batched():
+        out, batch, batch_samples = [], [], 0
+        for w in waves:
+            batch.append(w)
+            batch_samples += w.numel()
+            if batch_samples >= 60 * 16000:
+                out += extractor.extract_batch(batch)
+                batch, batch_samples = [], 0
+        return out + (extractor.extract_batch(batch) if batch else [])
+
+    def with_librosa():
+        import librosa
+
+        return [librosa.feature.mfcc(y=w.numpy(), sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=23)
+                for w in waves]
+
+    with torch.inference_mode():
+        t_recipe, ref = best_of(2, recipe)
+        t_ours, ours = best_of(2, batched)
+    t_librosa, _ = best_of(1, with_librosa)
+    max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, ours))
+    record("features", "fairseq recipe (per utterance)", t_recipe, rtf=seconds / t_recipe)
+    record("features", "speechvq mfcc_hubert (batched)", t_ours, rtf=seconds / t_ours,
+           speedup_vs_recipe=t_recipe / t_ours, max_abs_diff=max_diff)
+    record("features", "librosa.feature.mfcc (statics only)", t_librosa, rtf=seconds / t_librosa)
+
+
+# ------------------------------------------------------------------ k-means
+
+
+def mfcc_like_frames(min_frames: int) -> torch.Tensor:
+    """Real MFCCs of data/demo, repeated with small per-copy noise until min_frames."""
+    from speechvq.data import iter_waveforms
+    from speechvq.manifest import list_utterances
+
+    extractor = build_extractor(FeatureConfig())
+    waves = [w.samples for w in iter_waveforms(list_utterances(REPO / "data/demo"), 16000, 2, "raise", [])]
+    with torch.inference_mode():
+        base = torch.cat(extractor.extract_batch(waves))
+    g = torch.Generator().manual_seed(0)
+    copies = [base] + [base + 0.05 * base.std(0) * torch.randn(base.shape, generator=g)
+                       for _ in range(-(-min_frames // base.shape[0]) - 1)]
+    return torch.cat(copies)
+
+
+def hubert_like_frames(num_frames: int, dim: int = 768, clusters: int = 1000) -> torch.Tensor:
+    """Synthetic 'layer features': a mixture of anisotropic Gaussians (no natural K=500 partition)."""
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(clusters, dim, generator=g) * 2
+    which = torch.randint(clusters, (num_frames,), generator=g)
+    scales = torch.rand(clusters, 1, generator=g) + 0.5
+    return centres[which] + torch.randn(num_frames, dim, generator=g) * scales[which]
+
+
+def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool) -> None:
+    import faiss
+    from sklearn.cluster import MiniBatchKMeans
+
+    section = f"k-means {label}"
+    start = time.perf_counter()
+    fit = kmeans(frames, k, generator=torch.Generator().manual_seed(0), max_iter=100, tol=1e-4, n_init=1)
+    t_ours = time.perf_counter() - start
+    ours = inertia(frames, fit.centroids)
+    record(section, "speechvq (k-means++, Lloyd, n_init=1)", t_ours, inertia=ours, iterations=fit.num_iterations)
+    if with_minibatch:
+        start = time.perf_counter()
+        mbk = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000, tol=0.0,
+                              max_no_improvement=100, n_init=20, reassignment_ratio=0.0, compute_labels=False,
+                              random_state=0).fit(frames.numpy())
+        t_mbk = time.perf_counter() - start
+        record(section, "MiniBatchKMeans fairseq (n_init=20)", t_mbk, inertia=inertia(frames, mbk.cluster_centers_),
+               speechvq_speedup=t_mbk / t_ours)
+    x = np.ascontiguousarray(frames.numpy())
+    for name, max_points in (("faiss.Kmeans, all points", x.shape[0] // k + 1),
+                             ("faiss.Kmeans, default 256 pts/centroid", 256)):
+        km = faiss.Kmeans(x.shape[1], k, niter=fit.num_iterations, seed=1, max_points_per_centroid=max_points,
+                          verbose=False)
+        start = time.perf_counter()
+        km.train(x)
+        t = time.perf_counter() - start
+        record(section, f"{name} (niter={fit.num_iterations})", t, inertia=inertia(frames, km.centroids),
+               speechvq_speedup=t / t_ours)
+
+
+# ------------------------------------------------------------------ assignment
+
+
+def bench_assignment(frames: torch.Tensor, k: int, label: str) -> None:
+    import faiss
+
+    section = f"assign {label}"
+    g = torch.Generator().manual_seed(2)
+    centroids = frames[torch.randperm(frames.shape[0], generator=g)[:k]].clone()
+    truth = exact_labels(frames, centroids)
+    x, c = frames.numpy(), centroids.numpy()
+    n = frames.shape[0]
+
+    t, (labels, _) = best_of(3, lambda: nearest_codewords(frames, centroids))
+    record(section, "speechvq nearest_codewords (fp32)", t, frames_per_s=n / t,
+           agreement=float((labels == truth).double().mean()))
+
+    c_norm = (c**2).sum(0 if False else 1)
+
+    def apply_kmeans():  # fairseq examples/hubert/simple_kmeans/dump_km_label.py ApplyKmeans (numpy)
+        dist = (x**2).sum(1, keepdims=True) - 2 * np.matmul(x, c.T) + c_norm[None, :]
+        return np.argmin(dist, axis=1)
+
+    t, labels = best_of(3, apply_kmeans)
+    record(section, "fairseq ApplyKmeans (numpy)", t, frames_per_s=n / t,
+           agreement=float((torch.from_numpy(labels) == truth).double().mean()))
+    index = faiss.IndexFlatL2(c.shape[1])
+    index.add(np.ascontiguousarray(c))
+    t, (_, labels) = best_of(3, lambda: index.search(np.ascontiguousarray(x), 1))
+    record(section, "faiss IndexFlatL2.search(k=1)", t, frames_per_s=n / t,
+           agreement=float((torch.from_numpy(labels[:, 0]) == truth).double().mean()))
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def write_corpus(folder: Path, num_files: int, seconds: float, seed: int = 0) -> float:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for index in range(num_files):
+        duration = seconds * float(rng.uniform(0.8, 1.2))
+        soundfile.write(folder / f"utt{index:06d}.wav", speechlike(duration, 16000, index % 97), 16000,
+                        subtype="PCM_16")
+        total += duration
+    return total
+
+
+CHILD = """
+import json, resource, sys, time, torch
+from speechvq import pipeline
+from speechvq.config import RunConfig, DataConfig, CodebookConfig
+config = RunConfig(data=DataConfig(path=sys.argv[1], alignments=None, num_workers=1, on_error="raise"),
+                   codebook=CodebookConfig(path=sys.argv[2]), stages=["features", "quantize"], device="cpu")
+start = time.perf_counter()
+pipeline.run(config, sys.argv[3])
+seconds = time.perf_counter() - start
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_rss_mb": int(hwm) / 1024, "worker_peak_rss_mb": child / 1024}))
+"""
+
+
+def run_child(corpus: Path, codebook: Path, run_dir: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(codebook), str(run_dir)],
+                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_end_to_end(work: Path, e2e_minutes: float, small_files: int) -> None:
+    from speechvq.codebook import Codebook
+
+    frames = mfcc_like_frames(50_000)[:50_000]
+    fit = kmeans(frames, 100, generator=torch.Generator().manual_seed(0), max_iter=30)
+    codebook = Codebook(fit.centroids, FeatureConfig().to_dict(), 100.0).save(work / "codebook.safetensors")
+
+    corpus = work / "long"
+    audio_s = write_corpus(corpus, num_files=int(e2e_minutes * 60 / 15), seconds=15.0)
+    stats = run_child(corpus, codebook, work / "run_long")
+    record("end to end", f"{audio_s / 60:.0f} min of 16 kHz WAV, ~15 s files", stats["seconds"],
+           realtime_factor=audio_s / stats["seconds"], peak_rss_mb=stats["peak_rss_mb"])
+
+    for count in (small_files, 10 * small_files):
+        folder = work / f"files{count}"
+        audio_s = write_corpus(folder, num_files=count, seconds=1.0, seed=count)
+        stats = run_child(folder, codebook, work / f"run{count}")
+        record("memory scaling", f"{count} files of ~1 s", stats["seconds"], realtime_factor=audio_s / stats["seconds"],
+               peak_rss_mb=stats["peak_rss_mb"], worker_peak_rss_mb=stats["worker_peak_rss_mb"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for checking the script itself")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["features", "kmeans", "assign", "e2e"])
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    quick = args.quick
+    started = time.perf_counter()
+    if "features" not in args.skip:
+        bench_features(60 if quick else 600)
+    mfcc = mfcc_like_frames(20_000 if quick else 200_000)
+    hubert = hubert_like_frames(10_000 if quick else 100_000)
+    if "kmeans" not in args.skip:
+        bench_kmeans(mfcc, 100, "D=39 K=100", with_minibatch=True)
+        bench_kmeans(hubert, 500 if not quick else 50, "D=768 K=500", with_minibatch=False)
+    if "assign" not in args.skip:
+        bench_assignment(mfcc, 100, "D=39 K=100")
+        bench_assignment(hubert, 500, "D=768 K=500")
+    if "e2e" not in args.skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_end_to_end(Path(tmp), e2e_minutes=3 if quick else 60, small_files=100 if quick else 1000)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__,
+                                         "rows": ROWS}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""GPU part of the benchmark suite: assignment, Lloyd iterations, batched MFCC and end to end on one GPU.
+
+Run through scripts/bench_gpu.sh (prints the table, writes JSON). --smoke runs the same code on the CPU at
+tiny sizes so the script itself can be checked without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+from speechvq.codebook.kmeans import lloyd  # noqa: E402
+from speechvq.config import FeatureConfig  # noqa: E402
+from speechvq.features import build_extractor  # noqa: E402
+from speechvq.quantize import _gemm_nearest, nearest_codewords  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def record(section: str, method: str, ms: float, **extra) -> None:
+    ROWS.append({"section": section, "method": method, "ms": ms, **extra})
+    details = "  ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+    print(f"  {section:<26} {method:<46} {ms:9.3f} ms  {details}", flush=True)
+
+
+def timed(fn, device, repeats=5, warmup=2):
+    """Median wall time in ms of fn() (CUDA-synchronized), and its last result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2], out
+
+
+def truth_on_subset(frames, centroids, rows=200_000):
+    sub = frames[:rows].double()
+    return torch.cdist(sub, centroids.double()).argmin(1)
+
+
+def plain_torch_argmin(frames, centroids, chunk, tf32: bool):
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        c_sq = centroids.square().sum(1)
+        return torch.cat([torch.addmm(c_sq, frames[s : s + chunk], centroids.T, alpha=-2).argmin(1)
+                          for s in range(0, frames.shape[0], chunk)])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def bench_assign(device, n, dim, k, chunk):
+    g = torch.Generator(device=device).manual_seed(0)
+    frames = torch.randn(n, dim, device=device, generator=g)
+    centroids = frames[torch.randperm(n, device=device, generator=g)[:k]].clone() + 0.1
+    section = f"assign N={n} D={dim} K={k}"
+    truth = truth_on_subset(frames, centroids)
+    ms, ref = timed(lambda: _gemm_nearest(frames, centroids, chunk)[0], device)
+    record(section, "speechvq exact GEMM path (fp32)", ms, frames_per_s=n / ms * 1e3,
+           agree_fp64=float((ref[: truth.numel()] == truth).double().mean()))
+    if device.type == "cuda":
+        ms, labels = timed(lambda: plain_torch_argmin(frames, centroids, chunk, tf32=True), device)
+        record(section, "plain torch tf32 addmm+argmin", ms, frames_per_s=n / ms * 1e3,
+               agree_exact=float((labels == ref).double().mean()))
+    ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk, "fast")[0], device)
+    record(section, "speechvq nearest_codewords(precision=fast)", ms, frames_per_s=n / ms * 1e3,
+           agree_exact=float((labels == ref).double().mean()),
+           agree_fp64=float((labels[: truth.numel()] == truth).double().mean()))
+    ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk)[0], device)
+    record(section, "speechvq nearest_codewords (default)", ms, frames_per_s=n / ms * 1e3,
+           agree_exact=float((labels == ref).double().mean()),
+           agree_fp64=float((labels[: truth.numel()] == truth).double().mean()))
+    del frames
+
+
+def bench_lloyd(device, n, dim, k, chunk):
+    g = torch.Generator(device=device).manual_seed(1)
+    frames = torch.randn(n, dim, device=device, generator=g)
+    start = frames[torch.randperm(n, device=device, generator=g)[:k]].clone()
+    for precision in ("exact", "fast"):
+        def one_iteration():
+            return lloyd(frames, start, max_iter=1, tol=-1.0, chunk_size=chunk, precision=precision)
+
+        # lloyd(max_iter=1) = one assignment to start + update + one assignment: report per-iteration cost as
+        # (time of 3 iterations - time of 1) / 2, which removes the initial assignment.
+        ms1, _ = timed(one_iteration, device, repeats=3)
+        ms3, _ = timed(lambda: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk, precision=precision),
+                       device, repeats=3)
+        record(f"Lloyd N={n} D={dim} K={k}", f"one iteration, precision={precision}", (ms3 - ms1) / 2)
+    del frames
+
+
+def bench_mfcc(device, seconds):
+    from conftest import speechlike
+
+    extractor = build_extractor(FeatureConfig())
+    waves = [torch.from_numpy(speechlike(10.0, 16000, i)).to(device) for i in range(int(seconds // 10))]
+    audio_s = 10.0 * len(waves)
+    with torch.inference_mode():
+        ms, _ = timed(lambda: extractor.extract_batch(waves), device, repeats=3, warmup=1)
+    record(f"mfcc_hubert batched ({audio_s:.0f} s)", "speechvq extract_batch", ms, realtime_factor=audio_s / ms * 1e3)
+
+
+def bench_end_to_end(device, minutes, workers):
+    import numpy as np
+    import soundfile
+    from conftest import speechlike
+
+    from speechvq import pipeline
+    from speechvq.codebook import Codebook
+    from speechvq.config import CodebookConfig, DataConfig, RunConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        total = 0.0
+        for index in range(int(minutes * 60 / 15)):
+            duration = 15 * float(rng.uniform(0.8, 1.2))
+            soundfile.write(tmp / f"u{index:05d}.wav", speechlike(duration, 16000, index % 97), 16000, subtype="PCM_16")
+            total += duration
+        codebook = Codebook(torch.randn(100, 39) * 10, FeatureConfig().to_dict(), 100.0).save(tmp / "cb.safetensors")
+        config = RunConfig(data=DataConfig(path=str(tmp), alignments=None, num_workers=workers, batch_seconds=600),
+                           codebook=CodebookConfig(path=str(codebook)), stages=["features", "quantize"],
+                           device=str(device))
+        start = time.perf_counter()
+        result = pipeline.run(config, tmp / "run")
+        seconds = time.perf_counter() - start
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
+        record(f"end to end ({total / 60:.0f} min WAV)", f"decode workers={workers}, {stages}", seconds * 1e3,
+               realtime_factor=total / seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.smoke else "cuda")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)"
+    print(f"device: {name}; torch {torch.__version__}")
+    n_big = 20_000 if args.smoke else 4_000_000
+    chunk = 8192 if args.smoke else 1 << 19
+    started = time.perf_counter()
+    bench_assign(device, n_big, 768, 500, chunk)
+    bench_assign(device, n_big, 39, 100, chunk)
+    bench_lloyd(device, n_big, 768, 500, chunk)
+    bench_mfcc(device, 60 if args.smoke else 3600)
+    bench_end_to_end(device, 1 if args.smoke else 30, workers=1 if args.smoke else 12)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": ROWS}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
