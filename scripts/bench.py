@@ -102,8 +102,9 @@ def bench_features(total_seconds: float) -> None:
     def with_librosa():
         import librosa
 
-        return [librosa.feature.mfcc(y=w.numpy(), sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=23)
-                for w in waves]
+        return [
+            librosa.feature.mfcc(y=w.numpy(), sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=23) for w in waves
+        ]
 
     with torch.inference_mode():
         t_recipe, ref = best_of(2, recipe)
@@ -111,8 +112,14 @@ def bench_features(total_seconds: float) -> None:
     t_librosa, _ = best_of(1, with_librosa)
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, ours))
     record("features", "fairseq recipe (per utterance)", t_recipe, rtf=seconds / t_recipe)
-    record("features", "speechvq mfcc_hubert (batched)", t_ours, rtf=seconds / t_ours,
-           speedup_vs_recipe=t_recipe / t_ours, max_abs_diff=max_diff)
+    record(
+        "features",
+        "speechvq mfcc_hubert (batched)",
+        t_ours,
+        rtf=seconds / t_ours,
+        speedup_vs_recipe=t_recipe / t_ours,
+        max_abs_diff=max_diff,
+    )
     record("features", "librosa.feature.mfcc (statics only)", t_librosa, rtf=seconds / t_librosa)
 
 
@@ -129,8 +136,10 @@ def mfcc_like_frames(min_frames: int) -> torch.Tensor:
     with torch.inference_mode():
         base = torch.cat(extractor.extract_batch(waves))
     g = torch.Generator().manual_seed(0)
-    copies = [base] + [base + 0.05 * base.std(0) * torch.randn(base.shape, generator=g)
-                       for _ in range(-(-min_frames // base.shape[0]) - 1)]
+    copies = [base] + [
+        base + 0.05 * base.std(0) * torch.randn(base.shape, generator=g)
+        for _ in range(-(-min_frames // base.shape[0]) - 1)
+    ]
     return torch.cat(copies)
 
 
@@ -155,22 +164,44 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
     record(section, "speechvq (k-means++, Lloyd, n_init=1)", t_ours, inertia=ours, iterations=fit.num_iterations)
     if with_minibatch:
         start = time.perf_counter()
-        mbk = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000, tol=0.0,
-                              max_no_improvement=100, n_init=20, reassignment_ratio=0.0, compute_labels=False,
-                              random_state=0).fit(frames.numpy())
+        mbk = MiniBatchKMeans(
+            n_clusters=k,
+            init="k-means++",
+            max_iter=100,
+            batch_size=10000,
+            tol=0.0,
+            max_no_improvement=100,
+            n_init=20,
+            reassignment_ratio=0.0,
+            compute_labels=False,
+            random_state=0,
+        ).fit(frames.numpy())
         t_mbk = time.perf_counter() - start
-        record(section, "MiniBatchKMeans fairseq (n_init=20)", t_mbk, inertia=inertia(frames, mbk.cluster_centers_),
-               speechvq_speedup=t_mbk / t_ours)
+        record(
+            section,
+            "MiniBatchKMeans fairseq (n_init=20)",
+            t_mbk,
+            inertia=inertia(frames, mbk.cluster_centers_),
+            speechvq_speedup=t_mbk / t_ours,
+        )
     x = np.ascontiguousarray(frames.numpy())
-    for name, max_points in (("faiss.Kmeans, all points", x.shape[0] // k + 1),
-                             ("faiss.Kmeans, default 256 pts/centroid", 256)):
-        km = faiss.Kmeans(x.shape[1], k, niter=fit.num_iterations, seed=1, max_points_per_centroid=max_points,
-                          verbose=False)
+    for name, max_points in (
+        ("faiss.Kmeans, all points", x.shape[0] // k + 1),
+        ("faiss.Kmeans, default 256 pts/centroid", 256),
+    ):
+        km = faiss.Kmeans(
+            x.shape[1], k, niter=fit.num_iterations, seed=1, max_points_per_centroid=max_points, verbose=False
+        )
         start = time.perf_counter()
         km.train(x)
         t = time.perf_counter() - start
-        record(section, f"{name} (niter={fit.num_iterations})", t, inertia=inertia(frames, km.centroids),
-               speechvq_speedup=t / t_ours)
+        record(
+            section,
+            f"{name} (niter={fit.num_iterations})",
+            t,
+            inertia=inertia(frames, km.centroids),
+            speechvq_speedup=t / t_ours,
+        )
 
 
 # ------------------------------------------------------------------ assignment
@@ -187,8 +218,13 @@ def bench_assignment(frames: torch.Tensor, k: int, label: str) -> None:
     n = frames.shape[0]
 
     t, (labels, _) = best_of(3, lambda: nearest_codewords(frames, centroids))
-    record(section, "speechvq nearest_codewords (fp32)", t, frames_per_s=n / t,
-           agreement=float((labels == truth).double().mean()))
+    record(
+        section,
+        "speechvq nearest_codewords (fp32)",
+        t,
+        frames_per_s=n / t,
+        agreement=float((labels == truth).double().mean()),
+    )
 
     c_norm = (c**2).sum(0 if False else 1)
 
@@ -197,13 +233,23 @@ def bench_assignment(frames: torch.Tensor, k: int, label: str) -> None:
         return np.argmin(dist, axis=1)
 
     t, labels = best_of(3, apply_kmeans)
-    record(section, "fairseq ApplyKmeans (numpy)", t, frames_per_s=n / t,
-           agreement=float((torch.from_numpy(labels) == truth).double().mean()))
+    record(
+        section,
+        "fairseq ApplyKmeans (numpy)",
+        t,
+        frames_per_s=n / t,
+        agreement=float((torch.from_numpy(labels) == truth).double().mean()),
+    )
     index = faiss.IndexFlatL2(c.shape[1])
     index.add(np.ascontiguousarray(c))
     t, (_, labels) = best_of(3, lambda: index.search(np.ascontiguousarray(x), 1))
-    record(section, "faiss IndexFlatL2.search(k=1)", t, frames_per_s=n / t,
-           agreement=float((torch.from_numpy(labels[:, 0]) == truth).double().mean()))
+    record(
+        section,
+        "faiss IndexFlatL2.search(k=1)",
+        t,
+        frames_per_s=n / t,
+        agreement=float((torch.from_numpy(labels[:, 0]) == truth).double().mean()),
+    )
 
 
 # ------------------------------------------------------------------ end to end
@@ -215,8 +261,9 @@ def write_corpus(folder: Path, num_files: int, seconds: float, seed: int = 0) ->
     total = 0.0
     for index in range(num_files):
         duration = seconds * float(rng.uniform(0.8, 1.2))
-        soundfile.write(folder / f"utt{index:06d}.wav", speechlike(duration, 16000, index % 97), 16000,
-                        subtype="PCM_16")
+        soundfile.write(
+            folder / f"utt{index:06d}.wav", speechlike(duration, 16000, index % 97), 16000, subtype="PCM_16"
+        )
         total += duration
     return total
 
@@ -237,8 +284,12 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": int(hwm) / 1024, "worker_pe
 
 
 def run_child(corpus: Path, codebook: Path, run_dir: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(codebook), str(run_dir)],
-                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(corpus), str(codebook), str(run_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -254,15 +305,26 @@ def bench_end_to_end(work: Path, e2e_minutes: float, small_files: int) -> None:
     corpus = work / "long"
     audio_s = write_corpus(corpus, num_files=int(e2e_minutes * 60 / 15), seconds=15.0)
     stats = run_child(corpus, codebook, work / "run_long")
-    record("end to end", f"{audio_s / 60:.0f} min of 16 kHz WAV, ~15 s files", stats["seconds"],
-           realtime_factor=audio_s / stats["seconds"], peak_rss_mb=stats["peak_rss_mb"])
+    record(
+        "end to end",
+        f"{audio_s / 60:.0f} min of 16 kHz WAV, ~15 s files",
+        stats["seconds"],
+        realtime_factor=audio_s / stats["seconds"],
+        peak_rss_mb=stats["peak_rss_mb"],
+    )
 
     for count in (small_files, 10 * small_files):
         folder = work / f"files{count}"
         audio_s = write_corpus(folder, num_files=count, seconds=1.0, seed=count)
         stats = run_child(folder, codebook, work / f"run{count}")
-        record("memory scaling", f"{count} files of ~1 s", stats["seconds"], realtime_factor=audio_s / stats["seconds"],
-               peak_rss_mb=stats["peak_rss_mb"], worker_peak_rss_mb=stats["worker_peak_rss_mb"])
+        record(
+            "memory scaling",
+            f"{count} files of ~1 s",
+            stats["seconds"],
+            realtime_factor=audio_s / stats["seconds"],
+            peak_rss_mb=stats["peak_rss_mb"],
+            worker_peak_rss_mb=stats["worker_peak_rss_mb"],
+        )
 
 
 def main() -> None:
@@ -271,8 +333,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for checking the script itself")
     parser.add_argument("--skip", nargs="*", default=[], choices=["features", "kmeans", "assign", "e2e"])
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     quick = args.quick
     started = time.perf_counter()
     if "features" not in args.skip:
@@ -291,8 +355,9 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__,
-                                         "rows": ROWS}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__, "rows": ROWS}, indent=2)
+        )
 
 
 if __name__ == "__main__":

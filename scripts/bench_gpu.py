@@ -59,8 +59,12 @@ def plain_torch_argmin(frames, centroids, chunk, tf32: bool):
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         c_sq = centroids.square().sum(1)
-        return torch.cat([torch.addmm(c_sq, frames[s : s + chunk], centroids.T, alpha=-2).argmin(1)
-                          for s in range(0, frames.shape[0], chunk)])
+        return torch.cat(
+            [
+                torch.addmm(c_sq, frames[s : s + chunk], centroids.T, alpha=-2).argmin(1)
+                for s in range(0, frames.shape[0], chunk)
+            ]
+        )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
@@ -72,20 +76,40 @@ def bench_assign(device, n, dim, k, chunk):
     section = f"assign N={n} D={dim} K={k}"
     truth = truth_on_subset(frames, centroids)
     ms, ref = timed(lambda: _gemm_nearest(frames, centroids, chunk)[0], device)
-    record(section, "speechvq exact GEMM path (fp32)", ms, frames_per_s=n / ms * 1e3,
-           agree_fp64=float((ref[: truth.numel()] == truth).double().mean()))
+    record(
+        section,
+        "speechvq exact GEMM path (fp32)",
+        ms,
+        frames_per_s=n / ms * 1e3,
+        agree_fp64=float((ref[: truth.numel()] == truth).double().mean()),
+    )
     if device.type == "cuda":
         ms, labels = timed(lambda: plain_torch_argmin(frames, centroids, chunk, tf32=True), device)
-        record(section, "plain torch tf32 addmm+argmin", ms, frames_per_s=n / ms * 1e3,
-               agree_exact=float((labels == ref).double().mean()))
+        record(
+            section,
+            "plain torch tf32 addmm+argmin",
+            ms,
+            frames_per_s=n / ms * 1e3,
+            agree_exact=float((labels == ref).double().mean()),
+        )
     ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk, "fast")[0], device)
-    record(section, "speechvq nearest_codewords(precision=fast)", ms, frames_per_s=n / ms * 1e3,
-           agree_exact=float((labels == ref).double().mean()),
-           agree_fp64=float((labels[: truth.numel()] == truth).double().mean()))
+    record(
+        section,
+        "speechvq nearest_codewords(precision=fast)",
+        ms,
+        frames_per_s=n / ms * 1e3,
+        agree_exact=float((labels == ref).double().mean()),
+        agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
+    )
     ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk)[0], device)
-    record(section, "speechvq nearest_codewords (default)", ms, frames_per_s=n / ms * 1e3,
-           agree_exact=float((labels == ref).double().mean()),
-           agree_fp64=float((labels[: truth.numel()] == truth).double().mean()))
+    record(
+        section,
+        "speechvq nearest_codewords (default)",
+        ms,
+        frames_per_s=n / ms * 1e3,
+        agree_exact=float((labels == ref).double().mean()),
+        agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
+    )
     del frames
 
 
@@ -94,14 +118,16 @@ def bench_lloyd(device, n, dim, k, chunk):
     frames = torch.randn(n, dim, device=device, generator=g)
     start = frames[torch.randperm(n, device=device, generator=g)[:k]].clone()
     for precision in ("exact", "fast"):
+
         def one_iteration():
             return lloyd(frames, start, max_iter=1, tol=-1.0, chunk_size=chunk, precision=precision)
 
         # lloyd(max_iter=1) = one assignment to start + update + one assignment: report per-iteration cost as
         # (time of 3 iterations - time of 1) / 2, which removes the initial assignment.
         ms1, _ = timed(one_iteration, device, repeats=3)
-        ms3, _ = timed(lambda: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk, precision=precision),
-                       device, repeats=3)
+        ms3, _ = timed(
+            lambda: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk, precision=precision), device, repeats=3
+        )
         record(f"Lloyd N={n} D={dim} K={k}", f"one iteration, precision={precision}", (ms3 - ms1) / 2)
     del frames
 
@@ -135,15 +161,22 @@ def bench_end_to_end(device, minutes, workers):
             soundfile.write(tmp / f"u{index:05d}.wav", speechlike(duration, 16000, index % 97), 16000, subtype="PCM_16")
             total += duration
         codebook = Codebook(torch.randn(100, 39) * 10, FeatureConfig().to_dict(), 100.0).save(tmp / "cb.safetensors")
-        config = RunConfig(data=DataConfig(path=str(tmp), alignments=None, num_workers=workers, batch_seconds=600),
-                           codebook=CodebookConfig(path=str(codebook)), stages=["features", "quantize"],
-                           device=str(device))
+        config = RunConfig(
+            data=DataConfig(path=str(tmp), alignments=None, num_workers=workers, batch_seconds=600),
+            codebook=CodebookConfig(path=str(codebook)),
+            stages=["features", "quantize"],
+            device=str(device),
+        )
         start = time.perf_counter()
         result = pipeline.run(config, tmp / "run")
         seconds = time.perf_counter() - start
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
-        record(f"end to end ({total / 60:.0f} min WAV)", f"decode workers={workers}, {stages}", seconds * 1e3,
-               realtime_factor=total / seconds)
+        record(
+            f"end to end ({total / 60:.0f} min WAV)",
+            f"decode workers={workers}, {stages}",
+            seconds * 1e3,
+            realtime_factor=total / seconds,
+        )
 
 
 def main() -> None:

@@ -86,13 +86,13 @@ class CodebookConfig:
     tol: float = 1e-4  # stop when the relative inertia improvement falls below this
     n_init: int = 3  # restarts from independent k-means++ seeds; the lowest inertia wins
     max_train_frames: int = 1_000_000  # frames sampled uniformly across utterances for training
-    chunk_size: int = 65536  # frames per distance block
+    chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
     precision: str = "exact"  # exact (fp32, deterministic) | fast (CUDA: TF32 + exact top-2 re-rank, atomics)
 
 
 @dataclass
 class QuantizeConfig:
-    chunk_size: int = 65536  # frames per distance block
+    chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
     precision: str = "exact"  # exact | fast (CUDA, large dims: TF32 ranking + exact fp32 re-rank of the top two)
     dedup: bool = True  # also write run-length deduplicated units with durations
 

@@ -28,24 +28,40 @@ def available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _nearest_kernel(x_ptr, c_ptr, cnorm_ptr, out_idx_ptr, out_dist_ptr, num_frames, stride_x, stride_c,
-                        NUM_CODES: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        BLOCK_D: tl.constexpr):
+    def _nearest_kernel(
+        x_ptr,
+        c_ptr,
+        cnorm_ptr,
+        out_idx_ptr,
+        out_dist_ptr,
+        num_frames,
+        stride_x,
+        stride_c,
+        NUM_CODES: tl.constexpr,
+        DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         # NUM_CODES and DIM are compile-time constants: one compilation per codebook shape, static loops.
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < num_frames
-        x = tl.load(x_ptr + rows[:, None] * stride_x + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < DIM),
-                    other=0.0)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_x + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < DIM), other=0.0
+        )
         x_sq = tl.sum(x * x, axis=1)
         best = tl.full((BLOCK_N,), float("inf"), tl.float32)
         best_idx = tl.zeros((BLOCK_N,), tl.int32)
         for start in range(0, NUM_CODES, BLOCK_K):
             codes = start + tl.arange(0, BLOCK_K)
             code_ok = codes < NUM_CODES
-            c = tl.load(c_ptr + codes[:, None] * stride_c + dims[None, :],
-                        mask=code_ok[:, None] & (dims[None, :] < DIM), other=0.0)
+            c = tl.load(
+                c_ptr + codes[:, None] * stride_c + dims[None, :],
+                mask=code_ok[:, None] & (dims[None, :] < DIM),
+                other=0.0,
+            )
             c_sq = tl.load(cnorm_ptr + codes, mask=code_ok, other=float("inf"))
             dots = tl.dot(x, tl.trans(c), input_precision="ieee")  # (BLOCK_N, BLOCK_K)
             partial = c_sq[None, :] - 2.0 * dots
@@ -58,7 +74,9 @@ if triton is not None:
         tl.store(out_dist_ptr + rows, tl.maximum(best + x_sq, 0.0), mask=row_ok)
 
 
-def fused_nearest(frames: torch.Tensor, centroids: torch.Tensor, block_n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_nearest(
+    frames: torch.Tensor, centroids: torch.Tensor, block_n: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(num_frames, dim) x (codebook_size, dim) -> (indices int64, squared distances fp32). dim <= 128."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -74,7 +92,19 @@ def fused_nearest(frames: torch.Tensor, centroids: torch.Tensor, block_n: int = 
     if num_frames == 0:
         return indices, distances
     grid = (triton.cdiv(num_frames, block_n),)
-    _nearest_kernel[grid](frames, centroids, centroids.square().sum(1).contiguous(), indices, distances, num_frames,
-                          frames.stride(0), centroids.stride(0), NUM_CODES=centroids.shape[0], DIM=dim,
-                          BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
+    _nearest_kernel[grid](
+        frames,
+        centroids,
+        centroids.square().sum(1).contiguous(),
+        indices,
+        distances,
+        num_frames,
+        frames.stride(0),
+        centroids.stride(0),
+        NUM_CODES=centroids.shape[0],
+        DIM=dim,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+    )
     return indices, distances

@@ -310,8 +310,9 @@ def _unit_model(config: RunConfig, result: RunResult):
         own = result.run_dir / ("encoder" if config.codebook.name == "learned" else CODEBOOK_FILE)
         if not own.exists():
             raise MissingArtifactError(own, "quantize")
-    return load_unit_model(config.codebook.name, path, result.run_dir, config.quantize.chunk_size,
-                           config.quantize.precision)
+    return load_unit_model(
+        config.codebook.name, path, result.run_dir, config.quantize.chunk_size, config.quantize.precision
+    )
 
 
 # ---------------------------------------------------------------- evaluate

@@ -14,19 +14,25 @@ from . import gpu_kernels
 FUSED_MAX_DIM = 64  # above this the GEMM path wins (the fused kernel keeps a whole frame in registers)
 
 
+def default_chunk_size(device: torch.device) -> int:
+    # CPU: distance blocks that stay in cache beat big GEMMs; GPU: big blocks keep the device busy.
+    return 1 << 19 if device.type == "cuda" else 4096
+
+
 @torch.inference_mode()
 def nearest_codewords(
-    frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int = 65536, precision: str = "exact"
+    frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int | None = None, precision: str = "exact"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign frames (num_frames, dim) to centroids (codebook_size, dim).
 
     Returns (indices (num_frames,) int64, squared distances (num_frames,) float32), on frames' device.
-    Memory is bounded by chunk_size * codebook_size distances at a time."""
+    Memory is bounded by chunk_size * codebook_size distances at a time (None: a size suited to the device)."""
     if frames.shape[-1] != centroids.shape[-1]:
         raise ValueError(f"frames have dim {frames.shape[-1]}, centroids have dim {centroids.shape[-1]}")
     if precision not in ("exact", "fast"):
         raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
     centroids = centroids.to(device=frames.device, dtype=torch.float32)
+    chunk_size = chunk_size or default_chunk_size(frames.device)
     if frames.is_cuda and frames.shape[-1] <= FUSED_MAX_DIM and gpu_kernels.available(frames.device):
         return gpu_kernels.fused_nearest(frames, centroids)
     if precision == "fast" and frames.is_cuda:

@@ -15,7 +15,7 @@ from .quantize import nearest_codewords
 class KMeansUnits:
     num_codebooks = 1
 
-    def __init__(self, codebook: Codebook, chunk_size: int = 65536, precision: str = "exact"):
+    def __init__(self, codebook: Codebook, chunk_size: int | None = None, precision: str = "exact"):
         self.codebook, self.chunk_size, self.precision = codebook, chunk_size, precision
         self.fingerprint = codebook.fingerprint
         self.codebook_size = codebook.codebook_size
@@ -83,8 +83,9 @@ class LearnedUnits:
         return frames
 
 
-def load_unit_model(name: str, path: str | Path | None, run_dir: Path, chunk_size: int = 65536,
-                    precision: str = "exact"):
+def load_unit_model(
+    name: str, path: str | Path | None, run_dir: Path, chunk_size: int | None = None, precision: str = "exact"
+):
     """codebook.name=kmeans: a Codebook (codebook.path or the run's own); learned: the run's (or path's) VQ-VAE."""
     if name == "learned":
         from .learned.train import load_vqvae

@@ -77,8 +77,10 @@ MANDATORY = {("data", "folder"): ["data.path=x"], ("features", "ssl"): ["feature
 NEEDS_WEIGHTS = {"conv_encoder", "ssl"}  # built in their own tests, from real weight files
 
 
-@pytest.mark.parametrize("group", ["data", "features", "codebook", "train_encoder", "quantize", "evaluate",
-                                   "train_encoder/quantizer", "experiment"])
+@pytest.mark.parametrize(
+    "group",
+    ["data", "features", "codebook", "train_encoder", "quantize", "evaluate", "train_encoder/quantizer", "experiment"],
+)
 def test_every_config_option_composes_against_the_schema(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         config = compose_config([f"{group}={option}"] + MANDATORY.get((group, option), []))

@@ -94,7 +94,10 @@ def test_batched_extraction_equals_the_per_utterance_recipe(name):
         if name == "mfcc_hubert":
             reference = fairseq_mfcc(wave, 16000) if wave.numel() >= 400 else torch.zeros(0, 39)
         else:
-            reference = torchaudio.compliance.kaldi.fbank(wave.view(1, -1), num_mel_bins=80) if wave.numel() >= 400 \
+            reference = (
+                torchaudio.compliance.kaldi.fbank(wave.view(1, -1), num_mel_bins=80)
+                if wave.numel() >= 400
                 else torch.zeros(0, 80)
+            )
         assert frames.shape == reference.shape
         torch.testing.assert_close(frames, reference, atol=1e-4, rtol=0)

@@ -63,8 +63,13 @@ def test_fused_triton_kernel_in_the_interpreter():
         "    assert (dist.double() - ref.min(1).values).abs().max() < 1e-3\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

@@ -34,7 +34,7 @@ def kmeans(
     max_iter: int = 100,
     tol: float = 1e-4,
     n_init: int = 1,
-    chunk_size: int = 65536,
+    chunk_size: int | None = None,
     progress: bool = False,
     precision: str = "exact",
 ) -> KMeansResult:
@@ -51,18 +51,19 @@ def kmeans(
     frames = frames.to(torch.float32).contiguous()
     best: KMeansResult | None = None
     for restart in range(n_init):
-        centroids = kmeans_plusplus(frames, codebook_size, generator=generator, chunk_size=chunk_size)
+        start = _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision)
         result = lloyd(
             frames,
-            centroids,
+            start,
             max_iter=max_iter,
             tol=tol,
             chunk_size=chunk_size,
             progress=progress,
             description=f"k-means {restart + 1}/{n_init}",
+            precision=precision,
         )
         log.info(
-            "k-means restart %d/%d: inertia %.6g after %d iterations",
+            "k-means restart %d/%d: inertia %.6g after %d iterations on all frames",
             restart + 1,
             n_init,
             result.inertia,
@@ -73,19 +74,36 @@ def kmeans(
     return best
 
 
-def kmeans_plusplus(
-    frames: torch.Tensor, codebook_size: int, *, generator: torch.Generator, chunk_size: int = 65536
-) -> torch.Tensor:
+def _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision) -> torch.Tensor:
+    """Starting centroids for Lloyd on all frames. On a large set, seed with k-means++ on a small uniform sample
+    (like MiniBatchKMeans' init_size) and converge Lloyd on a larger one (256 frames per centroid, faiss'
+    default sample), so the full-data iterations only polish: most of the work is done on the sample."""
+    num_frames = frames.shape[0]
+    sample = min(num_frames, 256 * codebook_size)
+    if 4 * sample > num_frames:  # too small a saving: seed from a sample, iterate on everything
+        sample = num_frames
+    order = torch.randperm(num_frames, generator=generator, device=generator.device).to(frames.device)
+    seed_count = min(num_frames, max(20 * codebook_size, 10_000))
+    centroids = kmeans_plusplus(frames[order[:seed_count]], codebook_size, generator=generator)
+    if sample < num_frames:
+        centroids = lloyd(
+            frames[order[:sample]], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, precision=precision
+        ).centroids
+    return centroids
+
+
+def kmeans_plusplus(frames: torch.Tensor, codebook_size: int, *, generator: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ (Arthur & Vassilvitskii; the variant scikit-learn uses): each new centroid is the best
     of 2 + log(k) candidates drawn with probability proportional to the squared distance to the chosen ones."""
     num_frames = frames.shape[0]
     num_trials = 2 + int(math.log(codebook_size))
+    frames_sq = frames.square().sum(dim=1)
     first = torch.randint(num_frames, (1,), generator=generator, device=generator.device).to(frames.device)
     chosen = [first]
-    closest = _sq_dist_to(frames, frames[first], chunk_size).squeeze(1)  # (num_frames,)
+    closest = _sq_dist_to(frames, frames_sq, frames[first]).squeeze(1)  # (num_frames,)
     for _ in range(1, codebook_size):
         candidates = _sample_proportional(closest, num_trials, generator)
-        candidate_dists = _sq_dist_to(frames, frames[candidates], chunk_size)  # (num_frames, num_trials)
+        candidate_dists = _sq_dist_to(frames, frames_sq, frames[candidates])  # (num_frames, num_trials)
         potentials = torch.minimum(candidate_dists, closest.unsqueeze(1)).sum(dim=0, dtype=torch.float64)
         pick = int(potentials.argmin())
         chosen.append(candidates[pick : pick + 1])
@@ -99,7 +117,7 @@ def lloyd(
     *,
     max_iter: int,
     tol: float,
-    chunk_size: int = 65536,
+    chunk_size: int | None = None,
     progress: bool = False,
     description: str = "k-means",
     precision: str = "exact",
@@ -158,15 +176,10 @@ def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int
     return sums
 
 
-def _sq_dist_to(frames: torch.Tensor, points: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def _sq_dist_to(frames: torch.Tensor, frames_sq: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Squared distances (num_frames, num_points), clamped at zero against rounding."""
-    points_sq = points.square().sum(dim=1)
-    out = torch.empty(frames.shape[0], points.shape[0], dtype=torch.float32, device=frames.device)
-    for start in range(0, frames.shape[0], chunk_size):
-        chunk = frames[start : start + chunk_size]
-        block = torch.addmm(points_sq, chunk, points.T, alpha=-2.0).add_(chunk.square().sum(dim=1, keepdim=True))
-        out[start : start + chunk.shape[0]] = block.clamp_(min=0.0)
-    return out
+    base = frames_sq.unsqueeze(1) + points.square().sum(dim=1)
+    return torch.addmm(base, frames, points.T, alpha=-2.0).clamp_(min=0.0)
 
 
 def _sample_proportional(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
