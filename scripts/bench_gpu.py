@@ -110,7 +110,6 @@ def bench_assign(device, n, dim, k, chunk):
         agree_exact=float((labels == ref).double().mean()),
         agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
     )
-    del frames
 
 
 def bench_lloyd(device, n, dim, k, chunk):
@@ -119,17 +118,16 @@ def bench_lloyd(device, n, dim, k, chunk):
     start = frames[torch.randperm(n, device=device, generator=g)[:k]].clone()
     for precision in ("exact", "fast"):
 
-        def one_iteration():
+        def one_iteration(precision=precision):
             return lloyd(frames, start, max_iter=1, tol=-1.0, chunk_size=chunk, precision=precision)
 
         # lloyd(max_iter=1) = one assignment to start + update + one assignment: report per-iteration cost as
         # (time of 3 iterations - time of 1) / 2, which removes the initial assignment.
         ms1, _ = timed(one_iteration, device, repeats=3)
         ms3, _ = timed(
-            lambda: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk, precision=precision), device, repeats=3
+            lambda precision=precision: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk, precision=precision), device, repeats=3
         )
         record(f"Lloyd N={n} D={dim} K={k}", f"one iteration, precision={precision}", (ms3 - ms1) / 2)
-    del frames
 
 
 def bench_mfcc(device, seconds):
