@@ -125,7 +125,9 @@ def bench_lloyd(device, n, dim, k, chunk):
         # (time of 3 iterations - time of 1) / 2, which removes the initial assignment.
         ms1, _ = timed(one_iteration, device, repeats=3)
         ms3, _ = timed(
-            lambda precision=precision: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk, precision=precision), device, repeats=3
+            lambda precision=precision: lloyd(frames, start, max_iter=3, tol=-1.0, chunk_size=chunk,
+                                              precision=precision),
+            device, repeats=3
         )
         record(f"Lloyd N={n} D={dim} K={k}", f"one iteration, precision={precision}", (ms3 - ms1) / 2)
 

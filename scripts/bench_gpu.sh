@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-PYTHONPATH=. "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_quantize.py tests/test_kmeans.py
-PYTHONPATH=. "$PY" scripts/bench_gpu.py --json "${1:-bench_gpu.json}"
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_quantize.py tests/test_kmeans.py
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/bench_gpu.py --json "${1:-bench_gpu.json}"
