@@ -42,6 +42,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         # NUM_CODES and DIM are compile-time constants: one compilation per codebook shape, static loops.
         pid = tl.program_id(0)
@@ -63,7 +64,7 @@ if triton is not None:
                 other=0.0,
             )
             c_sq = tl.load(cnorm_ptr + codes, mask=code_ok, other=float("inf"))
-            dots = tl.dot(x, tl.trans(c), input_precision="ieee")  # (BLOCK_N, BLOCK_K)
+            dots = tl.dot(x, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_K)
             partial = c_sq[None, :] - 2.0 * dots
             block_best = tl.min(partial, axis=1)
             block_idx = tl.argmin(partial, axis=1) + start
@@ -75,9 +76,16 @@ if triton is not None:
 
 
 def fused_nearest(
-    frames: torch.Tensor, centroids: torch.Tensor, block_n: int = 128
+    frames: torch.Tensor,
+    centroids: torch.Tensor,
+    block_n: int = 128,
+    block_k: int | None = None,
+    precision: str = "ieee",
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(num_frames, dim) x (codebook_size, dim) -> (indices int64, squared distances fp32). dim <= 128."""
+    """(num_frames, dim) x (codebook_size, dim) -> (indices int64, squared distances fp32). dim <= 128.
+
+    precision: "ieee" (exact fp32 products) or "tf32x3" (three TF32 tensor-core products, near-fp32)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     frames = frames.contiguous().float()
@@ -86,7 +94,7 @@ def fused_nearest(
     if dim > 128:
         raise ValueError("the fused kernel is for dim <= 128; use the GEMM path above that")
     block_d = max(16, triton.next_power_of_2(dim))
-    block_k = 64 if block_d <= 64 else 32
+    block_k = block_k or (64 if block_d <= 64 else 32)
     indices = torch.empty(num_frames, dtype=torch.long, device=frames.device)
     distances = torch.empty(num_frames, dtype=torch.float32, device=frames.device)
     if num_frames == 0:
@@ -106,5 +114,7 @@ def fused_nearest(
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
+        PRECISION=precision,
+        num_warps=num_warps,
     )
     return indices, distances
