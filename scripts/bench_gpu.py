@@ -92,6 +92,14 @@ def bench_assign(device, n, dim, k, chunk):
             frames_per_s=n / ms * 1e3,
             agree_exact=float((labels == ref).double().mean()),
         )
+    ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk, "tf32")[0], device)
+    record(
+        section,
+        "speechvq nearest_codewords(precision=tf32)",
+        ms,
+        frames_per_s=n / ms * 1e3,
+        agree_exact=float((labels == ref).double().mean()),
+    )
     ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk, "fast")[0], device)
     record(
         section,
@@ -121,7 +129,7 @@ def bench_fused_variants(device, n, dim, k):
     centroids = frames[torch.randperm(n, device=device, generator=g)[:k]].clone() + 0.1
     truth = truth_on_subset(frames, centroids)
     for precision in ("ieee", "tf32x3"):
-        for block_n, block_k, warps in ((64, 64, 4), (128, 64, 4), (128, 128, 8), (256, 64, 8), (256, 128, 8)):
+        for block_n, block_k, warps in ((128, 64, 4), (256, 64, 8), (256, 128, 8)):
 
             def run(p=precision, bn=block_n, bk=block_k, w=warps):
                 return fused_nearest(frames, centroids, block_n=bn, block_k=bk, precision=p, num_warps=w)[0]

@@ -1,7 +1,8 @@
 """Nearest-codeword search: distances as one GEMM per chunk of frames (never a per-frame loop), or on CUDA
 for small dimensions a fused Triton kernel that never writes the distance matrix.
 
-precision="exact" (default) is fp32 throughout. precision="fast" (CUDA, large dims) ranks the codebook with a
+precision="exact" (default) is fp32 throughout; "tf32" (CUDA) is a plain TF32 GEMM + argmin, for k-means
+training where a rare near-tie flip does not matter. precision="fast" (CUDA, large dims) ranks the codebook with a
 TF32 GEMM and re-ranks in exact fp32 every frame whose two best TF32 distances are within the TF32 error bound
 of each other (see _tf32_top2_rerank); agreement with the exact path is measured in scripts/bench_gpu.py."""
 
@@ -29,28 +30,35 @@ def nearest_codewords(
     Memory is bounded by chunk_size * codebook_size distances at a time (None: a size suited to the device)."""
     if frames.shape[-1] != centroids.shape[-1]:
         raise ValueError(f"frames have dim {frames.shape[-1]}, centroids have dim {centroids.shape[-1]}")
-    if precision not in ("exact", "fast"):
-        raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
+    if precision not in ("exact", "fast", "tf32"):
+        raise ValueError(f"precision must be 'exact', 'fast' or 'tf32', got {precision!r}")
     centroids = centroids.to(device=frames.device, dtype=torch.float32)
     chunk_size = chunk_size or default_chunk_size(frames.device)
     if frames.is_cuda and frames.shape[-1] <= FUSED_MAX_DIM and gpu_kernels.available(frames.device):
         return gpu_kernels.fused_nearest(frames, centroids)
     if precision == "fast" and frames.is_cuda:
         return _tf32_top2_rerank(frames, centroids, chunk_size)
+    if precision == "tf32" and frames.is_cuda:
+        return _gemm_nearest(frames, centroids, chunk_size, tf32=True)
     return _gemm_nearest(frames, centroids, chunk_size)
 
 
-def _gemm_nearest(frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int):
+def _gemm_nearest(frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int, tf32: bool = False):
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; the argmin does not need ||x||^2, so add it after the min.
     centroid_sq = centroids.square().sum(dim=1)
     indices = torch.empty(frames.shape[0], dtype=torch.long, device=frames.device)
     sq_dists = torch.empty(frames.shape[0], dtype=torch.float32, device=frames.device)
-    for start in range(0, frames.shape[0], chunk_size):
-        chunk = frames[start : start + chunk_size].to(torch.float32)
-        partial = torch.addmm(centroid_sq, chunk, centroids.T, alpha=-2.0)  # (chunk, codebook_size)
-        best, best_index = partial.min(dim=1)
-        indices[start : start + chunk.shape[0]] = best_index
-        sq_dists[start : start + chunk.shape[0]] = (best + chunk.square().sum(dim=1)).clamp_(min=0.0)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        for start in range(0, frames.shape[0], chunk_size):
+            chunk = frames[start : start + chunk_size].to(torch.float32)
+            partial = torch.addmm(centroid_sq, chunk, centroids.T, alpha=-2.0)  # (chunk, codebook_size)
+            best, best_index = partial.min(dim=1)
+            indices[start : start + chunk.shape[0]] = best_index
+            sq_dists[start : start + chunk.shape[0]] = (best + chunk.square().sum(dim=1)).clamp_(min=0.0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
     return indices, sq_dists
 
 
@@ -70,12 +78,11 @@ def _tf32_top2_rerank(frames: torch.Tensor, centroids: torch.Tensor, chunk_size:
             torch.backends.cuda.matmul.allow_tf32 = True
             approx = torch.addmm(centroid_sq, chunk, centroids.T, alpha=-2.0)
             torch.backends.cuda.matmul.allow_tf32 = False
-            two = approx.topk(2, dim=1, largest=False)
+            best, best_index = approx.min(dim=1)
+            second = approx.scatter_(1, best_index.unsqueeze(1), float("inf")).min(dim=1).values
             frame_sq = chunk.square().sum(dim=1)
             bound = 2.0**-10 * frame_sq.sqrt() * max_norm
-            best = two.values[:, 0]
-            best_index = two.indices[:, 0]
-            doubtful = ((two.values[:, 1] - best) <= bound).nonzero().squeeze(1)
+            doubtful = ((second - best) <= bound).nonzero().squeeze(1)
             if doubtful.numel():
                 exact = torch.addmm(centroid_sq, chunk[doubtful], centroids.T, alpha=-2.0)
                 exact_best, exact_index = exact.min(dim=1)
