@@ -15,6 +15,8 @@ class DataConfig:
     num_workers: int = 2  # decoding processes (0 = decode in the main process)
     batch_seconds: float = 60.0  # audio per feature-extraction batch (bounds the memory of the features stage)
     on_error: str = "raise"  # raise | skip (skipped files are listed in errors.tsv)
+    num_shards: int = 1  # fairseq's rule: shard r of n takes utterances [round(N*r/n), round(N*(r+1)/n))
+    shard_index: int = 0
 
 
 @dataclass
@@ -106,6 +108,11 @@ class EvaluateConfig:
 
 
 @dataclass
+class MergeConfig:
+    inputs: str | None = None  # a folder whose subfolders are the shard runs (e.g. a Hydra multirun folder)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -113,6 +120,7 @@ class RunConfig:
     train_encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
     stages: list[str] = field(default_factory=lambda: ["features", "train", "quantize", "evaluate"])
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

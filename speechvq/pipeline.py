@@ -25,7 +25,7 @@ from .data import check_files, iter_waveforms
 from .errors import AlignmentError, ConfigError, EmptyDatasetError, MissingArtifactError
 from .featstore import FeatureStore, FeatureWriter
 from .features import build_extractor
-from .manifest import list_utterances
+from .manifest import list_utterances, shard
 from .metrics import MetricsAccumulator, phone_unit_scores
 from .plots import plot_codebook_usage
 from .reconstruct import build_reconstructor, griffin_lim, logmel_distances, mel_cepstral_distortion, reference_logmel
@@ -34,7 +34,7 @@ from .units import load_unit_model
 
 log = logging.getLogger(__name__)
 
-STAGES = ("train_encoder", "features", "train", "quantize", "evaluate")
+STAGES = ("train_encoder", "features", "train", "quantize", "evaluate", "merge")
 FEATURES_DIR = "features"
 ERRORS_FILE = "errors.tsv"
 UNITS_META_FILE = "units.meta.json"
@@ -79,6 +79,7 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
         "train": train_codebook,
         "quantize": quantize_dataset,
         "evaluate": evaluate,
+        "merge": merge_shards,
     }
     for stage in STAGES:  # canonical order, whatever order the config lists them in
         if stage in config.stages:
@@ -121,7 +122,10 @@ def train_encoder(config: RunConfig, result: RunResult, device: torch.device) ->
 
 
 def extract_features(config: RunConfig, result: RunResult, device: torch.device) -> None:
-    utterances = list_utterances(config.data.path)
+    listing = list_utterances(config.data.path)
+    utterances = shard(listing, config.data.num_shards, config.data.shard_index)
+    # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
+    root = Path(os.path.commonpath([u.path.parent for u in listing]))
     found = len(utterances)
     good, skipped = check_files(utterances, config.data.on_error)
     extractor = build_extractor(config.features)
@@ -140,15 +144,21 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
             bar.update(len(batch))
     _write_errors(result.run_dir / ERRORS_FILE, skipped)
     result.counts = {"found": found, "processed": len(processed), "skipped": len(skipped)}
-    if not processed:
+    if found and not processed:
         raise EmptyDatasetError(config.data.path, f"all {found} files failed (see {ERRORS_FILE})")
-    root = Path(os.path.commonpath([u.path.parent for u in processed]))
+    if not found:  # more shards than utterances: an empty shard is valid and merges as nothing
+        log.warning("features: shard %d of %d is empty", config.data.shard_index, config.data.num_shards)
     io.write_fairseq_tsv(
         result.run_dir / f"{config.data.split}.tsv",
         root,
         ((u.path.relative_to(root).as_posix(), u.num_samples) for u in processed),
     )
-    writer.close({"counts": result.counts, "source": str(config.data.path)})
+    shard_info = {
+        "index": config.data.shard_index,
+        "num_shards": config.data.num_shards,
+        "dataset_utterances": len(listing),
+    }
+    writer.close({"counts": result.counts, "source": str(config.data.path), "shard": shard_info})
     log.info("features: %d processed, %d skipped of %d found", len(processed), len(skipped), found)
 
 
@@ -296,6 +306,9 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
             "frame_rate_hz": store.frame_rate_hz,
             "num_utterances": len(store.utterances),
             "num_frames": store.num_frames,
+            "counts": store.index.get("counts", {}),
+            "shard": store.index.get("shard", {"index": 0, "num_shards": 1}),
+            "split": split,
             "files": files,
         },
     )
@@ -490,6 +503,82 @@ def _paired_labels(utt_id, units, labels, phones, unit_rate_hz, config) -> tuple
         [phones.setdefault(labels[i], len(phones)) for i in label_index[keep].tolist()], dtype=torch.long
     )
     return phone_ids, units[keep]
+
+
+# ---------------------------------------------------------------- merge
+
+
+def merge_shards(config: RunConfig, result: RunResult, device: torch.device) -> None:
+    """Concatenate the unit files of shard runs (subfolders of merge.inputs) in shard order, after checking
+    that every shard is there exactly once and that all came from the same codebook and features."""
+    if not config.merge.inputs:
+        raise ConfigError("merge.inputs", None, "name the folder whose subfolders are the shard runs")
+    folder = Path(config.merge.inputs)
+    metas = sorted(
+        ((json.loads(p.read_text()), p.parent) for p in folder.glob(f"*/{UNITS_META_FILE}")),
+        key=lambda item: item[0]["shard"]["index"],
+    )
+    if not metas:
+        raise MissingArtifactError(folder / "*" / UNITS_META_FILE, "merge")
+    first = metas[0][0]
+    num_shards = first["shard"]["num_shards"]
+    indices = [m["shard"]["index"] for m, _ in metas]
+    if indices != list(range(num_shards)):
+        raise ConfigError(
+            "merge.inputs", str(folder), f"expected shards 0..{num_shards - 1} once each, found {indices}"
+        )
+    for meta, run in metas:
+        for key in ("codebook_fingerprint", "feature_config", "num_codebooks", "split"):
+            if meta[key] != first[key]:
+                raise ConfigError("merge.inputs", str(run), f"{key} differs from shard 0's; refusing to mix units")
+        if (
+            meta["shard"]["num_shards"] != num_shards
+            or meta["shard"]["dataset_utterances"] != first["shard"]["dataset_utterances"]
+        ):
+            raise ConfigError("merge.inputs", str(run), "shards come from different shardings or datasets")
+    found = sum(m["counts"]["found"] for m, _ in metas)
+    if found != first["shard"]["dataset_utterances"]:
+        raise ConfigError(
+            "merge.inputs",
+            str(folder),
+            f"shards list {found} utterances, the dataset has {first['shard']['dataset_utterances']}",
+        )
+    split, out = first["split"], result.run_dir
+    tsv_lines = [(run / f"{split}.tsv").read_text().splitlines() for _, run in metas]
+    if len({lines[0] for lines in tsv_lines}) != 1:
+        raise ConfigError("merge.inputs", str(folder), "shard manifests have different root folders")
+    io.write_text(
+        out / f"{split}.tsv", "\n".join([tsv_lines[0][0]] + [x for lines in tsv_lines for x in lines[1:]]) + "\n"
+    )
+    names = stream_names(split, first["num_codebooks"]) + ["units.jsonl", "units_dedup.jsonl"]
+    for name in names:
+        parts = [run / name for _, run in metas]
+        if not all(p.exists() for p in parts):
+            continue
+        with io.atomic_open(out / name) as handle:
+            for part in parts:
+                handle.write(part.read_text())
+    errors = [line for _, run in metas for line in (run / ERRORS_FILE).read_text().splitlines()[1:]]
+    io.write_text(out / ERRORS_FILE, "utt_id\tpath\treason\n" + "".join(f"{line}\n" for line in errors))
+    io.write_km_dict(out / "dict.km.txt", first["codebook_size"])
+    counts = {k: sum(m["counts"][k] for m, _ in metas) for k in ("found", "processed", "skipped")}
+    io.write_json(
+        out / UNITS_META_FILE,
+        {
+            **first,
+            "counts": counts,
+            "num_utterances": counts["processed"],
+            "num_frames": sum(m["num_frames"] for m, _ in metas),
+            "shard": {
+                "index": 0,
+                "num_shards": 1,
+                "dataset_utterances": first["shard"]["dataset_utterances"],
+                "merged_from": [str(run) for _, run in metas],
+            },
+        },
+    )
+    result.counts = counts
+    log.info("merge: %d shards, %d utterances -> %s", num_shards, counts["processed"], out)
 
 
 # ---------------------------------------------------------------- report
