@@ -211,18 +211,24 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
     frames = store.gather(indices)
     if mean is not None:
         frames = (frames - mean) / std
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    log.info("train: k-means K=%d on %d of %d frames (dim %d) on %s", size, take, store.num_frames, store.dim, device)
-    fit = kmeans(
-        frames.to(device),
-        size,
-        generator=generator,
-        max_iter=config.codebook.max_iter,
-        tol=config.codebook.tol,
-        n_init=config.codebook.n_init,
-        chunk_size=config.codebook.chunk_size,
-        progress=True,
-    )
+    if _distributed():
+        fit = _train_distributed(frames, size, device, config)
+    else:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        log.info(
+            "train: k-means K=%d on %d of %d frames (dim %d) on %s", size, take, store.num_frames, store.dim, device
+        )
+        fit = kmeans(
+            frames.to(device),
+            size,
+            generator=generator,
+            max_iter=config.codebook.max_iter,
+            tol=config.codebook.tol,
+            n_init=config.codebook.n_init,
+            chunk_size=config.codebook.chunk_size,
+            progress=True,
+            precision=config.codebook.precision,
+        )
     codebook = Codebook(
         centroids=fit.centroids.cpu(),
         feature_config=store.feature_config,
@@ -243,9 +249,39 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
             "source": store.index.get("source"),
         },
     )
-    codebook.save(result.run_dir / CODEBOOK_FILE)
+    if not _distributed() or torch.distributed.get_rank() == 0:
+        codebook.save(result.run_dir / CODEBOOK_FILE)
+    if _distributed():
+        torch.distributed.barrier()  # no rank goes on to quantize before rank 0 has written the codebook
     log.info(
         "train: inertia %.6g after %d iterations; codebook %s", fit.inertia, fit.num_iterations, codebook.fingerprint
+    )
+
+
+def _distributed() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and (torch.distributed.get_world_size() > 1)
+    )
+
+
+def _train_distributed(frames: torch.Tensor, size: int, device: torch.device, config: RunConfig):
+    """Under torchrun: rank r clusters its block of the sampled training frames (fairseq's sharding rule),
+    all-reducing sums and counts; the codebook equals the single-process one up to float rounding."""
+    from .codebook.distributed import distributed_kmeans
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local = shard(list(range(frames.shape[0])), world, rank)
+    block = frames[local[0] : local[-1] + 1] if local else frames[:0]
+    log.info("train: distributed k-means, rank %d of %d with %d frames", rank, world, block.shape[0])
+    return distributed_kmeans(
+        block.to(device),
+        size,
+        seed=config.seed,
+        max_iter=config.codebook.max_iter,
+        tol=config.codebook.tol,
+        chunk_size=config.codebook.chunk_size,
     )
 
 

@@ -4,9 +4,11 @@ it composes the config, checks it against the schema and hands plain dataclasses
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +26,9 @@ ConfigStore.instance().store(name="schema", node=RunConfig)
 def main(cfg: DictConfig) -> None:
     config: RunConfig = OmegaConf.to_object(cfg)
     run_dir = HydraConfig.get().runtime.output_dir
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        # Launched by torchrun: the train stage runs distributed k-means (gloo on CPU, NCCL on GPUs).
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")
     try:
         result = run(config, run_dir)
     except SpeechVQError as exc:

@@ -1,0 +1,100 @@
+"""k-means over frames spread across torch.distributed ranks (torchrun; gloo on CPU, NCCL on GPUs).
+
+Each rank holds a contiguous block of the global frame array (rank order = concatenation order) and never
+sends its frames anywhere, except the small uniform sample that seeding needs. Every iteration all-reduces the
+per-cluster sums (float64) and counts, so all ranks hold the same centroids, and the result equals
+`kmeans` on the concatenated frames up to the order of float additions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from ..quantize import nearest_codewords
+from .kmeans import KMeansResult, _cluster_sums, kmeans_plusplus, lloyd
+
+
+def _all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+@torch.inference_mode()
+def distributed_kmeans(
+    local_frames: torch.Tensor,
+    codebook_size: int,
+    *,
+    seed: int,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    chunk_size: int | None = None,
+) -> KMeansResult:
+    """Same seeding and iterations as speechvq.codebook.kmeans (n_init=1) on the ranks' frames in rank order."""
+    device = local_frames.device
+    local_frames = local_frames.to(torch.float32).contiguous()
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([local_frames.shape[0]], device=device))
+    sizes = [int(c) for c in counts]
+    offset, total = sum(sizes[: dist.get_rank()]), sum(sizes)
+    if total < codebook_size:
+        raise ValueError(f"need at least codebook_size={codebook_size} frames to train, got {total}")
+    generator = torch.Generator().manual_seed(seed)  # identical on every rank: the same global permutation
+
+    # The samples for seeding and the coarse Lloyd phase, assembled on every rank: each rank fills the rows it
+    # owns and an all-reduce of zeros elsewhere puts every row in place exactly.
+    sample = min(total, 256 * codebook_size)
+    if 4 * sample > total:
+        sample = total
+    order = torch.randperm(total, generator=generator)
+    seed_count = min(total, max(20 * codebook_size, 10_000))
+    gathered = _gather_rows(local_frames, order[: max(seed_count, sample if sample < total else 0)], offset)
+    centroids = kmeans_plusplus(gathered[:seed_count], codebook_size, generator=generator)
+    if sample < total:
+        centroids = lloyd(gathered[:sample], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size).centroids
+
+    history: list[float] = []
+    converged = False
+    labels, sq_dists = nearest_codewords(local_frames, centroids, chunk_size)
+    for _ in range(max_iter):
+        sums = _all_sum(_cluster_sums(local_frames, labels, codebook_size))
+        cluster_counts = _all_sum(torch.bincount(labels, minlength=codebook_size))
+        updated = (sums / cluster_counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+        empty = (cluster_counts == 0).nonzero().squeeze(1)
+        if empty.numel():
+            updated[empty] = _global_farthest(local_frames, sq_dists, empty.numel())
+        centroids = updated
+        new_labels, sq_dists = nearest_codewords(local_frames, centroids, chunk_size)
+        inertia = float(_all_sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
+        changed = int(_all_sum((new_labels != labels).sum().reshape(1)))
+        improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
+        history.append(inertia)
+        labels = new_labels
+        if changed == 0 or improvement < tol:
+            converged = True
+            break
+    return KMeansResult(centroids, history[-1], len(history), converged, history)
+
+
+def _gather_rows(local_frames: torch.Tensor, global_rows: torch.Tensor, offset: int) -> torch.Tensor:
+    out = torch.zeros(global_rows.numel(), local_frames.shape[1], device=local_frames.device)
+    mine = (global_rows >= offset) & (global_rows < offset + local_frames.shape[0])
+    out[mine] = local_frames[(global_rows[mine] - offset).to(local_frames.device)]
+    return _all_sum(out)
+
+
+def _global_farthest(local_frames: torch.Tensor, sq_dists: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` frames worst served by the codebook across all ranks (re-seeds for empty clusters)."""
+    take = min(count, sq_dists.numel())
+    values, rows = sq_dists.topk(take) if take else (sq_dists[:0], sq_dists[:0].long())
+    padded_values = torch.full((count,), -1.0, device=sq_dists.device)
+    padded_frames = torch.zeros(count, local_frames.shape[1], device=local_frames.device)
+    padded_values[:take], padded_frames[:take] = values, local_frames[rows]
+    world = dist.get_world_size()
+    all_values = [torch.empty_like(padded_values) for _ in range(world)]
+    all_frames = [torch.empty_like(padded_frames) for _ in range(world)]
+    dist.all_gather(all_values, padded_values)
+    dist.all_gather(all_frames, padded_frames)
+    best = torch.cat(all_values).topk(count).indices
+    return torch.cat(all_frames)[best]
