@@ -1,6 +1,6 @@
 """On-disk features between stages: safetensors parts of concatenated frames plus an index.json
-written last, so a folder without index.json is visibly unfinished. Reading streams one part at a
-time, so memory is bounded by the part size, not the dataset."""
+written last, so a folder without index.json is visibly unfinished. Writing buffers at most one part
+(16 MB) and reading streams one part at a time, so memory is bounded by the part size, not the dataset."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class StoredUtterance:
 
 
 class FeatureWriter:
-    def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float, part_bytes: int = 64 << 20):
+    def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float, part_bytes: int = 16 << 20):
         self.folder = folder
         self.feature_config, self.dim, self.frame_rate_hz = feature_config, dim, frame_rate_hz
         self.part_frames = max(1, part_bytes // (4 * dim))
@@ -42,7 +42,8 @@ class FeatureWriter:
 
     def add(self, features: FeatureMatrix) -> None:
         self.entries.append(StoredUtterance(features.utt_id, features.num_frames, self._part, self._pending_frames))
-        self._pending.append(features.frames.detach().to("cpu", torch.float32))
+        # A copy, not a view: a view would keep the whole batch's feature tensor alive until the flush.
+        self._pending.append(features.frames.detach().to("cpu", torch.float32).clone())
         self._pending_frames += features.num_frames
         if self._pending_frames >= self.part_frames:
             self._flush()
