@@ -61,7 +61,10 @@ def read_fairseq_tsv(path: Path) -> list[Utterance]:
             num_samples = int(fields[1])
         except ValueError:
             raise ManifestError(path, number, f"num_samples is not an integer: {fields[1]!r}") from None
-        utterances.append(Utterance(utt_id=_utt_id(Path(fields[0])), path=root / fields[0], num_samples=num_samples))
+        audio_path = (root / fields[0]).resolve()
+        if not audio_path.is_relative_to(root.resolve()):
+            raise ManifestError(path, number, f"{fields[0]!r} points outside the manifest root {root}")
+        utterances.append(Utterance(utt_id=_utt_id(Path(fields[0])), path=audio_path, num_samples=num_samples))
     return utterances
 
 
