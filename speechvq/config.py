@@ -14,6 +14,7 @@ class DataConfig:
     split: str = "train"  # name of the output files: <split>.km, <split>.tsv
     num_workers: int = 2  # decoding processes (0 = decode in the main process)
     batch_seconds: float = 60.0  # audio per feature-extraction batch (bounds the memory of the features stage)
+    part_mb: float = 16.0  # features are written (and resumable) in parts of this size
     on_error: str = "raise"  # raise | skip (skipped files are listed in errors.tsv)
     num_shards: int = 1  # fairseq's rule: shard r of n takes utterances [round(N*r/n), round(N*(r+1)/n))
     shard_index: int = 0
@@ -113,6 +114,11 @@ class MergeConfig:
 
 
 @dataclass
+class OutputConfig:
+    overwrite: bool = False  # allow replacing a run folder's outputs that were made with a different config
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -121,6 +127,7 @@ class RunConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     stages: list[str] = field(default_factory=lambda: ["features", "train", "quantize", "evaluate"])
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

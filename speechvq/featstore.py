@@ -18,6 +18,7 @@ from .io import write_bytes, write_json
 from .types import FeatureMatrix
 
 INDEX_FILE = "index.json"
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class StoredUtterance:
 
 
 class FeatureWriter:
+    """Buffers frames and writes them as parts. `checkpoint` (called between batches) flushes a full part and
+    records what is safely on disk, so an interrupted features stage resumes from its last part."""
+
     def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float, part_bytes: int = 16 << 20):
         self.folder = folder
         self.feature_config, self.dim, self.frame_rate_hz = feature_config, dim, frame_rate_hz
@@ -45,8 +49,33 @@ class FeatureWriter:
         # A copy, not a view: a view would keep the whole batch's feature tensor alive until the flush.
         self._pending.append(features.frames.detach().to("cpu", torch.float32).clone())
         self._pending_frames += features.num_frames
-        if self._pending_frames >= self.part_frames:
-            self._flush()
+
+    def checkpoint(self, key: str, state: dict) -> None:
+        """Flush if a part is full, then record (atomically) the entries on disk and the caller's state."""
+        if self._pending_frames < self.part_frames:
+            return
+        self._flush()
+        write_json(
+            self.folder / PROGRESS_FILE,
+            {
+                "key": key,
+                "parts": self._part,
+                "state": state,
+                "utterances": [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries],
+            },
+        )
+
+    def resume(self, key: str) -> dict | None:
+        """Restore from the last checkpoint made with the same key; returns the caller's state, or None."""
+        path = self.folder / PROGRESS_FILE
+        if not path.exists():
+            return None
+        progress = json.loads(path.read_text())
+        if progress["key"] != key:
+            return None
+        self.entries = [StoredUtterance(*row) for row in progress["utterances"]]
+        self._part = progress["parts"]
+        return progress["state"]
 
     def _flush(self) -> None:
         frames = torch.cat(self._pending) if self._pending else torch.zeros(0, self.dim)
@@ -69,6 +98,7 @@ class FeatureWriter:
                 **extra,
             },
         )
+        (self.folder / PROGRESS_FILE).unlink(missing_ok=True)
 
 
 class FeatureStore:

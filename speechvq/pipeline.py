@@ -3,13 +3,14 @@ before it from the run folder, so any subset can run (train once, quantize many 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,52 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
     return result
 
 
+# ---------------------------------------------------------------- resume bookkeeping
+# Each stage that finishes writes .speechvq/<stage>.json with a key of everything its outputs depend on. Run
+# again with the same config, a finished stage is skipped; with a different one, the run stops rather than
+# overwrite (unless output.overwrite=true). Unfinished stages resume from their own checkpoints.
+
+MARKERS_DIR = ".speechvq"
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _features_key(config: RunConfig) -> str:
+    d = config.data
+    data = {
+        "path": str(Path(d.path).expanduser().resolve()),
+        "split": d.split,
+        "on_error": d.on_error,
+        "num_shards": d.num_shards,
+        "shard_index": d.shard_index,
+    }
+    return _key("features", data, config.features.to_dict())
+
+
+def _already_done(config: RunConfig, result: RunResult, stage: str, key: str) -> bool:
+    marker = result.run_dir / MARKERS_DIR / f"{stage}.json"
+    if not marker.exists():
+        return False
+    if json.loads(marker.read_text())["key"] == key:
+        log.info("%s: already done in %s with this configuration; skipping", stage, result.run_dir)
+        return True
+    if config.output.overwrite:
+        marker.unlink()
+        return False
+    raise ConfigError(
+        "output.overwrite",
+        False,
+        f"{result.run_dir} holds '{stage}' outputs made with a different "
+        "configuration; use a new run folder (hydra.run.dir=...) or output.overwrite=true",
+    )
+
+
+def _mark_done(result: RunResult, stage: str, key: str) -> None:
+    io.write_json(result.run_dir / MARKERS_DIR / f"{stage}.json", {"key": key})
+
+
 # ---------------------------------------------------------------- train_encoder
 
 
@@ -122,6 +169,10 @@ def train_encoder(config: RunConfig, result: RunResult, device: torch.device) ->
 
 
 def extract_features(config: RunConfig, result: RunResult, device: torch.device) -> None:
+    key = _features_key(config)
+    if _already_done(config, result, "features", key):
+        result.counts = FeatureStore(result.run_dir / FEATURES_DIR).index.get("counts", {})
+        return
     listing = list_utterances(config.data.path)
     utterances = shard(listing, config.data.num_shards, config.data.shard_index)
     # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
@@ -129,19 +180,47 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
     found = len(utterances)
     good, skipped = check_files(utterances, config.data.on_error)
     extractor = build_extractor(config.features)
-    writer = FeatureWriter(result.run_dir / FEATURES_DIR, extractor.describe(), extractor.dim, extractor.frame_rate_hz)
+    writer = FeatureWriter(
+        result.run_dir / FEATURES_DIR,
+        extractor.describe(),
+        extractor.dim,
+        extractor.frame_rate_hz,
+        part_bytes=int(config.data.part_mb * 2**20),
+    )
     by_id = {u.utt_id: u for u in good}
-    processed = []
+    checked_skips = len(skipped)
+    state = writer.resume(key) or {"consumed": 0, "skipped": []}
+    if state["consumed"]:
+        log.info(
+            "features: resuming after %d of %d files (%d parts on disk)",
+            state["consumed"],
+            len(good),
+            writer.entries[-1].part + 1 if writer.entries else 0,
+        )
+    skipped += [SkippedFile(utt_id, Path(path), reason) for utt_id, path, reason in state["skipped"]]
+    processed = [by_id[entry.utt_id] for entry in writer.entries]
+    consumed = state["consumed"]
     waveforms = iter_waveforms(
-        good, config.features.sample_rate, config.data.num_workers, config.data.on_error, skipped
+        good[consumed:], config.features.sample_rate, config.data.num_workers, config.data.on_error, skipped
     )
     batch_samples = config.data.batch_seconds * config.features.sample_rate
-    with torch.inference_mode(), tqdm(total=len(good), desc="features", unit="utt", disable=None) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(good), initial=consumed, desc="features", unit="utt", disable=None) as bar,
+    ):
         for batch in _batches(waveforms, batch_samples):
             for waveform, frames in zip(batch, extractor.extract_batch([w.samples.to(device) for w in batch])):
                 writer.add(FeatureMatrix(waveform.utt_id, frames, extractor.frame_rate_hz))
                 processed.append(by_id[waveform.utt_id])
             bar.update(len(batch))
+            decode_skips = skipped[checked_skips:]
+            writer.checkpoint(
+                key,
+                {
+                    "consumed": len(processed) + len(decode_skips),
+                    "skipped": [[s.utt_id, str(s.path), s.reason] for s in decode_skips],
+                },
+            )
     _write_errors(result.run_dir / ERRORS_FILE, skipped)
     result.counts = {"found": found, "processed": len(processed), "skipped": len(skipped)}
     if found and not processed:
@@ -159,6 +238,7 @@ def extract_features(config: RunConfig, result: RunResult, device: torch.device)
         "dataset_utterances": len(listing),
     }
     writer.close({"counts": result.counts, "source": str(config.data.path), "shard": shard_info})
+    _mark_done(result, "features", key)
     log.info("features: %d processed, %d skipped of %d found", len(processed), len(skipped), found)
 
 
@@ -198,6 +278,20 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
         return
     if config.codebook.name != "kmeans":
         raise ConfigError("codebook.name", config.codebook.name, "choose kmeans or learned")
+    c = config.codebook
+    key = _key(
+        _features_key(config),
+        "train",
+        c.codebook_size,
+        c.max_iter,
+        c.tol,
+        c.n_init,
+        c.max_train_frames,
+        c.precision,
+        config.seed,
+    )
+    if _already_done(config, result, "train", key):
+        return
     store = _open_features(result)
     size = config.codebook.codebook_size
     if store.num_frames < size:
@@ -251,6 +345,7 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
     )
     if not _distributed() or torch.distributed.get_rank() == 0:
         codebook.save(result.run_dir / CODEBOOK_FILE)
+    _mark_done(result, "train", key)
     if _distributed():
         torch.distributed.barrier()  # no rank goes on to quantize before rank 0 has written the codebook
     log.info(
@@ -297,33 +392,56 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
     store = _open_features(result)
     units_model = _unit_model(config, result)
     units_model.check_compatible(store.feature_config, store.dim)
+    key = _key(_features_key(config), "quantize", units_model.fingerprint, config.quantize.dedup)
+    if _already_done(config, result, "quantize", key):
+        return
     split, out = config.data.split, result.run_dir
     streams = stream_names(split, units_model.num_codebooks)
-    with ExitStack() as stack:
-        km = [stack.enter_context(io.atomic_open(out / name)) for name in streams]
-        jsonl = stack.enter_context(io.atomic_open(out / "units.jsonl"))
-        dedup = stack.enter_context(io.atomic_open(out / "units_dedup.jsonl")) if config.quantize.dedup else None
-        bar = stack.enter_context(tqdm(total=len(store.utterances), desc="quantize", unit="utt", disable=None))
-        for entries, frames in store.iter_parts():
+    names = streams + ["units.jsonl"] + (["units_dedup.jsonl"] if config.quantize.dedup else [])
+    # Units are written per feature part into .speechvq/units (a part is done when its .done file exists), then
+    # concatenated; a rerun after a crash keeps the finished parts.
+    parts_dir = out / MARKERS_DIR / "units"
+    key_file = parts_dir / "key.json"
+    if parts_dir.exists() and (not key_file.exists() or json.loads(key_file.read_text())["key"] != key):
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json(key_file, {"key": key})
+    done = 0
+    with tqdm(total=len(store.utterances), desc="quantize", unit="utt", disable=None) as bar:
+        for number, (entries, frames) in enumerate(store.iter_parts()):
+            if (parts_dir / f"{number:05d}.done").exists():
+                bar.update(len(entries))
+                done += 1
+                continue
             units = units_model.assign(frames.to(device)).cpu()  # (part_frames, num_codebooks)
+            texts = {name: [] for name in names}
             for entry in entries:
                 utt_units = units[entry.offset : entry.offset + entry.num_frames]
-                for stream, handle in enumerate(km):
-                    handle.write(io.units_to_line(utt_units[:, stream]) + "\n")
-                listed = utt_units[:, 0].tolist() if len(km) == 1 else utt_units.T.tolist()
+                for stream, name in enumerate(streams):
+                    texts[name].append(io.units_to_line(utt_units[:, stream]) + "\n")
+                listed = utt_units[:, 0].tolist() if len(streams) == 1 else utt_units.T.tolist()
                 record = {
                     "id": entry.utt_id,
                     "units": listed,
                     "num_frames": entry.num_frames,
                     "frame_rate_hz": store.frame_rate_hz,
                 }
-                jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
-                if dedup is not None:
+                texts["units.jsonl"].append(json.dumps(record, separators=(",", ":")) + "\n")
+                if config.quantize.dedup:
                     values, durations = io.deduplicate_rows(utt_units)
-                    listed = values[:, 0].tolist() if len(km) == 1 else values.T.tolist()
+                    listed = values[:, 0].tolist() if len(streams) == 1 else values.T.tolist()
                     record = {"id": entry.utt_id, "units": listed, "durations": durations.tolist()}
-                    dedup.write(json.dumps(record, separators=(",", ":")) + "\n")
+                    texts["units_dedup.jsonl"].append(json.dumps(record, separators=(",", ":")) + "\n")
+            for name, lines in texts.items():
+                io.write_text(parts_dir / f"{number:05d}.{name}", "".join(lines))
+            io.write_text(parts_dir / f"{number:05d}.done", "")
             bar.update(len(entries))
+    if done:
+        log.info("quantize: resumed, %d of %d parts were already done", done, store.index["num_parts"])
+    for name in names:
+        with io.atomic_open(out / name) as handle:
+            for number in range(store.index["num_parts"]):
+                handle.write((parts_dir / f"{number:05d}.{name}").read_text())
     io.write_km_dict(out / "dict.km.txt", units_model.codebook_size)
     files = {name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)}
     files["units.jsonl"] = "id, units, num_frames, frame_rate_hz" + (
@@ -348,6 +466,8 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
             "files": files,
         },
     )
+    _mark_done(result, "quantize", key)
+    shutil.rmtree(parts_dir)
     log.info("quantize: %d utterances, %d frames -> %s", len(store.utterances), store.num_frames, out / streams[0])
 
 

@@ -1,0 +1,125 @@
+"""SIGKILL a real run during features, during train and during quantize; each restart with the same config
+resumes, and the final files are byte-identical to an uninterrupted run. A different config on the same
+folder is refused instead of silently mixing outputs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import speechlike
+
+from speechvq import pipeline
+from speechvq.config import CodebookConfig, DataConfig, RunConfig
+from speechvq.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = [
+    "train.km",
+    "train.tsv",
+    "units.jsonl",
+    "units_dedup.jsonl",
+    "codebook.safetensors",
+    "errors.tsv",
+    "dict.km.txt",
+    "features/index.json",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume") / "corpus"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(150):
+        soundfile.write(root / f"u{index:03d}.wav", speechlike(float(rng.uniform(0.5, 2.5)), 16000, index), 16000)
+    return root
+
+
+def command(corpus, run_dir):
+    return [
+        sys.executable,
+        "-m",
+        "speechvq.run",
+        f"data.path={corpus}",
+        "data.alignments=null",
+        "data.num_workers=1",
+        "data.batch_seconds=2",
+        "data.part_mb=0.05",
+        "codebook.codebook_size=50",
+        "codebook.n_init=1",
+        "codebook.max_iter=150",
+        "codebook.tol=-1",
+        "stages=[features,train,quantize]",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def markers(run_dir):
+    return {p.stem for p in (run_dir / ".speechvq").glob("*.json")}
+
+
+KILL_WHEN = {
+    "features": lambda d: (d / "features/progress.json").exists() and not (d / "features/index.json").exists(),
+    "train": lambda d: "features" in markers(d) and "train" not in markers(d),
+    "quantize": lambda d: any((d / ".speechvq/units").glob("*.done")) and "quantize" not in markers(d),
+}
+
+
+def test_kill_during_each_stage_then_resume_byte_identical(corpus, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    done = subprocess.run(command(corpus, clean), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    logs = []
+    for stage, condition in KILL_WHEN.items():
+        process = subprocess.Popen(
+            command(corpus, killed),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and not condition(killed):
+            time.sleep(0.005)
+        assert process.poll() is None, f"the run finished before it could be killed during {stage}"
+        os.killpg(process.pid, signal.SIGKILL)
+        logs.append(process.communicate()[1])
+        assert condition(killed), f"not killed during {stage}"
+    final = subprocess.run(command(corpus, killed), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "features: resuming after" in logs[1] or "features: already done" in logs[1]
+    assert "quantize: resumed" in final.stderr
+    for name in OUTPUTS:
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
+    assert not list(killed.rglob("*.tmp"))
+
+
+def test_a_different_config_is_refused_unless_overwrite(dataset, tmp_path):
+    def config(size):
+        return RunConfig(
+            data=DataConfig(path=str(dataset), alignments=None, num_workers=0),
+            codebook=CodebookConfig(codebook_size=size, n_init=1, max_iter=10),
+            device="cpu",
+            stages=["features", "train", "quantize"],
+        )
+
+    pipeline.run(config(4), tmp_path / "run")
+    before = (tmp_path / "run" / "codebook.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="output.overwrite"):
+        pipeline.run(config(5), tmp_path / "run")
+    assert (tmp_path / "run" / "codebook.safetensors").read_bytes() == before
+    overwrite = config(5)
+    overwrite.output.overwrite = True
+    pipeline.run(overwrite, tmp_path / "run")
+    assert (tmp_path / "run" / "dict.km.txt").read_text().count("\n") == 5
