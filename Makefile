@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m speechvq.run hydra.run.dir=runs/demo
+	$(BIN)/python -m speechvq.run hydra.run.dir=runs/demo output.overwrite=true
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -763,6 +763,11 @@ def format_report(result: RunResult) -> str:
             ("bitrate fixed / entropy", f"{m['bitrate_bps']:.0f} / {m['entropy_bitrate_bps']:.0f} bit/s"),
             ("after dedup", f"{m['dedup_units_per_s']:.1f} units/s, {m['dedup_bitrate_bps']:.0f} bit/s"),
         ]
+        if "reconstruction" in m:
+            r = m["reconstruction"]
+            rows.append(("log-mel L1 (un-quantized)", f"{r['logmel_l1']:.3f} ({r['unquantized']['logmel_l1']:.3f})"))
+            if "mcd_db" in r:
+                rows.append(("mel-cepstral distortion", f"{r['mcd_db']:.2f} dB"))
         if "alignment" in m:
             a = m["alignment"]
             rows += [
