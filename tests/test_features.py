@@ -101,3 +101,15 @@ def test_batched_extraction_equals_the_per_utterance_recipe(name):
             )
         assert frames.shape == reference.shape
         torch.testing.assert_close(frames, reference, atol=1e-4, rtol=0)
+
+
+def test_long_files_are_processed_in_slices_with_the_same_result():
+    """A long file's statics are computed in slices (bounded memory); the result equals one pass."""
+    wave = torch.from_numpy(speechlike(20.0, 16000, seed=4))
+    extractor = build_extractor(FeatureConfig())
+    whole = extractor(wave)
+    extractor.max_frames_per_pass = 333  # slices of 333 frames, boundaries inside the utterance
+    sliced = extractor.extract_batch([wave[:8000], wave])
+    torch.testing.assert_close(sliced[1], whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sliced[0], extractor(wave[:8000]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole, fairseq_mfcc(wave, 16000), atol=1e-4, rtol=0)

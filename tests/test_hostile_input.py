@@ -122,3 +122,42 @@ def test_utterance_ids_never_name_files(hostile, tmp_path):
     written = [p for p in tmp_path.rglob("*") if p.is_file() and hostile not in p.parents]
     assert written and all(tmp_path / "run" in p.parents for p in written)
     assert all(" " not in p.name for p in (tmp_path / "run/resynth").iterdir())
+
+
+PEAK_RSS = """
+import sys
+from speechvq import pipeline
+from speechvq.config import CodebookConfig, DataConfig, RunConfig
+config = RunConfig(data=DataConfig(path=sys.argv[1], alignments=None, num_workers=0),
+                   codebook=CodebookConfig(codebook_size=8, n_init=1, max_iter=5),
+                   stages=["features", "train", "quantize"], device="cpu")
+pipeline.run(config, sys.argv[2])
+print([line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1])
+"""
+
+
+def test_a_30_minute_file_runs_in_bounded_memory(tmp_path):
+    """Features of a long file are computed in slices: peak memory grows by the file's samples and its
+    (small) features, not by its spectra (measured: +0.35 GB for 30 min; +1.6 GB without slicing)."""
+    import subprocess
+    import sys
+
+    for minutes in (1, 30):
+        folder = tmp_path / f"m{minutes}"
+        folder.mkdir()
+        with soundfile.SoundFile(folder / "long.wav", "w", 16000, 1, "PCM_16") as handle:
+            for index in range(minutes):
+                handle.write(speechlike(60.0, 16000, index))
+    peaks = {}
+    for minutes in (1, 30):
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(tmp_path / f"m{minutes}"), str(tmp_path / f"r{minutes}")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        peaks[minutes] = int(done.stdout.strip().splitlines()[-1]) / 1024  # MB
+    units = (tmp_path / "r30" / "train.km").read_text().split()
+    assert len(units) == 1 + (30 * 60 * 16000 - 400) // 160
+    assert peaks[30] - peaks[1] < 600, peaks

@@ -34,14 +34,6 @@ def frame_counts(lengths: list[int], window: int, hop: int) -> list[int]:
     return [0 if n < window else 1 + (n - window) // hop for n in lengths]
 
 
-def stack_frames(waveforms: list[torch.Tensor], window: int, hop: int) -> tuple[torch.Tensor, list[int]]:
-    """All utterances' analysis windows stacked as (total_frames, window), and each utterance's frame count."""
-    counts = frame_counts([w.numel() for w in waveforms], window, hop)
-    views = [w.unfold(0, window, hop) for w, count in zip(waveforms, counts) if count]
-    device = waveforms[0].device if waveforms else torch.device("cpu")
-    return (torch.cat(views) if views else torch.zeros(0, window, device=device)), counts
-
-
 def log_mel(frames: torch.Tensor, sample_rate: int, num_mel_bins: int) -> torch.Tensor:
     """(frames, window) raw samples -> Kaldi log-mel energies (frames, num_mel_bins).
 

@@ -70,13 +70,29 @@ class _KaldiBatched(_FrameExtractor):
         """(total_frames, window) stacked analysis windows -> (total_frames, static_dim)."""
         raise NotImplementedError
 
+    max_frames_per_pass = 32768  # ~5.5 min of audio: bounds the spectra held at once, however long a file is
+
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         if not waveforms:
             return []
-        windows, counts = kaldi_batched.stack_frames(waveforms, self.window, self.hop)
-        if windows.shape[0] == 0:  # every utterance shorter than one window
-            return [windows.new_zeros((0, self.dim)) for _ in counts]
-        frames = self._static_batch(windows)
+        counts = kaldi_batched.frame_counts([w.numel() for w in waveforms], self.window, self.hop)
+        if not sum(counts):  # every utterance shorter than one window
+            return [waveforms[0].new_zeros((0, self.dim)) for _ in counts]
+        # Static features are per frame, so they are computed over slices of the stacked windows (a long file is
+        # cut into several slices); deltas then run over each utterance's whole static sequence.
+        statics, pending, pending_frames = [], [], 0
+        for wave, count in zip(waveforms, counts):
+            view = wave.unfold(0, self.window, self.hop) if count else None  # (count, window), no copy
+            for start in range(0, count, self.max_frames_per_pass):
+                piece = view[start : start + self.max_frames_per_pass]
+                pending.append(piece)
+                pending_frames += piece.shape[0]
+                if pending_frames >= self.max_frames_per_pass:
+                    statics.append(self._static_batch(torch.cat(pending)))
+                    pending, pending_frames = [], 0
+        if pending:
+            statics.append(self._static_batch(torch.cat(pending)))
+        frames = torch.cat(statics) if len(statics) > 1 else statics[0]
         if self.deltas and frames.shape[0]:
             first = kaldi_batched.deltas(frames, counts)
             frames = torch.cat([frames, first, kaldi_batched.deltas(first, counts)], dim=1)
