@@ -168,6 +168,32 @@ def bench_lloyd(device, n, dim, k, chunk):
             repeats=3,
         )
         record(f"Lloyd N={n} D={dim} K={k}", f"one iteration, precision={precision}", (ms3 - ms1) / 2)
+    # Where an iteration's time goes (fast path): assignment, then the cluster sums by two methods.
+    section = f"Lloyd parts N={n} D={dim} K={k}"
+    frames_sq = frames.square().sum(1)
+    ms, (labels, _) = timed(lambda: nearest_codewords(frames, start, chunk, "tf32", frames_sq), device)
+    record(section, "assignment, tf32, norms precomputed", ms)
+    ms, _ = timed(lambda: torch.zeros(k, dim, device=device).index_add_(0, labels, frames), device)
+    record(section, "cluster sums, index_add_ (atomics)", ms)
+
+    def one_hot_tf32():
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            sums = torch.zeros(k, dim, device=device)
+            for s in range(0, n, 1 << 18):
+                sums += torch.nn.functional.one_hot(labels[s : s + (1 << 18)], k).float().T @ frames[s : s + (1 << 18)]
+            return sums
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+
+    ms, _ = timed(one_hot_tf32, device)
+    record(section, "cluster sums, one-hot GEMM (tf32)", ms)
+    order = torch.argsort(labels)
+    ms, _ = timed(
+        lambda: torch.segment_reduce(frames[order], "sum", lengths=torch.bincount(labels, minlength=k)), device
+    )
+    record(section, "cluster sums, sort + segment_reduce (gather included)", ms)
 
 
 def bench_mfcc(device, seconds):

@@ -22,12 +22,17 @@ def default_chunk_size(device: torch.device) -> int:
 
 @torch.inference_mode()
 def nearest_codewords(
-    frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int | None = None, precision: str = "exact"
+    frames: torch.Tensor,
+    centroids: torch.Tensor,
+    chunk_size: int | None = None,
+    precision: str = "exact",
+    frames_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign frames (num_frames, dim) to centroids (codebook_size, dim).
 
     Returns (indices (num_frames,) int64, squared distances (num_frames,) float32), on frames' device.
-    Memory is bounded by chunk_size * codebook_size distances at a time (None: a size suited to the device)."""
+    Memory is bounded by chunk_size * codebook_size distances at a time (None: a size suited to the device).
+    frames_sq, the squared norms of the frames, saves a pass over the frames when the caller (Lloyd) has them."""
     if frames.shape[-1] != centroids.shape[-1]:
         raise ValueError(f"frames have dim {frames.shape[-1]}, centroids have dim {centroids.shape[-1]}")
     if precision not in ("exact", "fast", "tf32"):
@@ -39,11 +44,17 @@ def nearest_codewords(
     if precision == "fast" and frames.is_cuda:
         return _tf32_top2_rerank(frames, centroids, chunk_size)
     if precision == "tf32" and frames.is_cuda:
-        return _gemm_nearest(frames, centroids, chunk_size, tf32=True)
-    return _gemm_nearest(frames, centroids, chunk_size)
+        return _gemm_nearest(frames, centroids, chunk_size, tf32=True, frames_sq=frames_sq)
+    return _gemm_nearest(frames, centroids, chunk_size, frames_sq=frames_sq)
 
 
-def _gemm_nearest(frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int, tf32: bool = False):
+def _gemm_nearest(
+    frames: torch.Tensor,
+    centroids: torch.Tensor,
+    chunk_size: int,
+    tf32: bool = False,
+    frames_sq: torch.Tensor | None = None,
+):
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; the argmin does not need ||x||^2, so add it after the min.
     centroid_sq = centroids.square().sum(dim=1)
     indices = torch.empty(frames.shape[0], dtype=torch.long, device=frames.device)
@@ -56,7 +67,8 @@ def _gemm_nearest(frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int
             partial = torch.addmm(centroid_sq, chunk, centroids.T, alpha=-2.0)  # (chunk, codebook_size)
             best, best_index = partial.min(dim=1)
             indices[start : start + chunk.shape[0]] = best_index
-            sq_dists[start : start + chunk.shape[0]] = (best + chunk.square().sum(dim=1)).clamp_(min=0.0)
+            norms = frames_sq[start : start + chunk.shape[0]] if frames_sq is not None else chunk.square().sum(dim=1)
+            sq_dists[start : start + chunk.shape[0]] = (best + norms).clamp_(min=0.0)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     return indices, sq_dists

@@ -127,11 +127,12 @@ def lloyd(
     history: list[float] = []
     converged = False
     assign = "tf32" if precision == "fast" else "exact"  # training tolerates a rare near-tie flip
-    labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign)
+    frames_sq = frames.square().sum(dim=1)  # once, not once per iteration
+    labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
     bar = tqdm(total=max_iter, desc=description, disable=None if progress else True, leave=False)
     for _ in range(max_iter):
         centroids = _update(frames, labels, sq_dists, centroids, codebook_size, precision)
-        new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign)
+        new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
         inertia = float(sq_dists.sum(dtype=torch.float64))
         bar.update(1)
         bar.set_postfix(inertia=f"{inertia:.5g}")
