@@ -3,6 +3,7 @@ before it from the run folder, so any subset can run (train once, quantize many 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from . import io
 from .alignments import read_alignments
 from .codebook import Codebook, kmeans
 from .codebook.codebook import CODEBOOK_FILE
-from .config import RunConfig
+from .config import MergeConfig, RunConfig
 from .data import check_files, iter_waveforms
 from .errors import AlignmentError, ConfigError, EmptyDatasetError, MissingArtifactError
 from .featstore import FeatureStore, FeatureWriter
@@ -49,6 +50,7 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # found / processed / skipped
     metrics: dict = field(default_factory=dict)
+    per_rank: bool = False  # under torchrun: this folder holds one rank's shard of the data
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,11 +84,43 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
         "evaluate": evaluate,
         "merge": merge_shards,
     }
+    if _distributed() and config.data.num_shards == 1 and "features" in config.stages:
+        return _run_by_rank(config, result, device, stage_functions)
     for stage in STAGES:  # canonical order, whatever order the config lists them in
         if stage in config.stages:
             start = time.perf_counter()
             stage_functions[stage](config, result, device)
             result.stage_seconds[stage] = time.perf_counter() - start
+    return result
+
+
+def _run_by_rank(config: RunConfig, result: RunResult, device: torch.device, stage_functions) -> RunResult:
+    """Under torchrun: rank r takes shard r of the data (fairseq's rule) into ranks/<r>/, k-means is trained
+    across ranks on their own features, every rank quantizes its shard, and rank 0 merges the shards into the
+    run folder (with merge's checks). evaluate, which needs all features in one place, is left to a later run."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank_result = RunResult(result.run_dir / "ranks" / f"{rank:03d}", per_rank=True)
+    rank_result.run_dir.mkdir(parents=True, exist_ok=True)
+    rank_config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_shards=world, shard_index=rank))
+    trained_here = "train" in config.stages and not config.codebook.path and config.codebook.name == "kmeans"
+    for stage in ("features", "train", "quantize"):
+        if stage not in config.stages:
+            continue
+        if stage == "quantize" and trained_here:
+            rank_config.codebook = dataclasses.replace(config.codebook, path=str(result.run_dir / "ranks" / "000"))
+        start = time.perf_counter()
+        stage_functions[stage](rank_config, rank_result, device)
+        result.stage_seconds[stage] = time.perf_counter() - start
+        torch.distributed.barrier()
+    if rank == 0 and "quantize" in config.stages:
+        merge_config = dataclasses.replace(config, merge=MergeConfig(inputs=str(result.run_dir / "ranks")))
+        merge_shards(merge_config, result, device)
+        if trained_here:
+            for name in (CODEBOOK_FILE, Path(CODEBOOK_FILE).with_suffix(".json").name):
+                io.write_bytes(result.run_dir / name, (rank_result.run_dir / name).read_bytes())
+    if "evaluate" in config.stages:
+        log.warning("evaluate is skipped under torchrun; run stages=[evaluate] on a rank folder or a single process")
+    torch.distributed.barrier()
     return result
 
 
@@ -300,13 +334,16 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
     if store.feature_config.get("normalize") == "global":
         mean, std = store.moments()
     sampler = torch.Generator().manual_seed(config.seed)
-    take = min(store.num_frames, config.codebook.max_train_frames)
+    cap = config.codebook.max_train_frames
+    if result.per_rank:  # the cap is for the whole training set; each rank samples its share
+        cap = max(1, cap // torch.distributed.get_world_size())
+    take = min(store.num_frames, cap)
     indices = torch.randperm(store.num_frames, generator=sampler)[:take].sort().values
     frames = store.gather(indices)
     if mean is not None:
         frames = (frames - mean) / std
     if _distributed():
-        fit = _train_distributed(frames, size, device, config)
+        fit = _train_distributed(frames, size, device, config, result.per_rank)
     else:
         generator = torch.Generator(device=device).manual_seed(config.seed)
         log.info(
@@ -361,14 +398,19 @@ def _distributed() -> bool:
     )
 
 
-def _train_distributed(frames: torch.Tensor, size: int, device: torch.device, config: RunConfig):
+def _train_distributed(
+    frames: torch.Tensor, size: int, device: torch.device, config: RunConfig, result_is_rank_shard: bool
+):
     """Under torchrun: rank r clusters its block of the sampled training frames (fairseq's sharding rule),
     all-reducing sums and counts; the codebook equals the single-process one up to float rounding."""
     from .codebook.distributed import distributed_kmeans
 
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local = shard(list(range(frames.shape[0])), world, rank)
-    block = frames[local[0] : local[-1] + 1] if local else frames[:0]
+    if result_is_rank_shard:
+        block = frames  # each rank sampled from its own shard's features
+    else:  # one shared feature store: rank r takes its block of the sample
+        local = shard(list(range(frames.shape[0])), world, rank)
+        block = frames[local[0] : local[-1] + 1] if local else frames[:0]
     log.info("train: distributed k-means, rank %d of %d with %d frames", rank, world, block.shape[0])
     return distributed_kmeans(
         block.to(device),

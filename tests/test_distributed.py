@@ -41,3 +41,57 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, codebook_size):
     assert distributed["iterations"] == single.num_iterations
     torch.testing.assert_close(distributed["centroids"], single.centroids, atol=1e-4, rtol=1e-5)
     assert distributed["inertia"] == pytest.approx(single.inertia, rel=1e-6)
+
+
+def test_torchrun_pipeline_shards_by_rank_and_merges(dataset, tmp_path):
+    """features/train/quantize under torchrun: each rank takes its shard, k-means runs across ranks, rank 0
+    merges; the merged units equal a single process quantizing with the same codebook."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "dist"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "speechvq.run",
+            f"data.path={dataset}",
+            "data.alignments=null",
+            "data.num_workers=0",
+            "codebook.codebook_size=8",
+            "stages=[features,train,quantize]",
+            "device=cpu",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "ranks/000/train.km").exists() and (run_dir / "ranks/001/train.km").exists()
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "speechvq.run",
+            f"data.path={dataset}",
+            "data.alignments=null",
+            "data.num_workers=0",
+            f"codebook.path={run_dir}",
+            "stages=[features,quantize]",
+            "device=cpu",
+            f"hydra.run.dir={tmp_path / 'one'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert (run_dir / "train.km").read_text() == (tmp_path / "one" / "train.km").read_text()
+    assert len((run_dir / "train.km").read_text().splitlines()) == 6

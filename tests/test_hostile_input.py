@@ -161,3 +161,20 @@ def test_a_30_minute_file_runs_in_bounded_memory(tmp_path):
     units = (tmp_path / "r30" / "train.km").read_text().split()
     assert len(units) == 1 + (30 * 60 * 16000 - 400) // 160
     assert peaks[30] - peaks[1] < 600, peaks
+
+
+def test_wav_truncated_mid_data(tmp_path):
+    """libsndfile decodes what a truncated WAV holds: from a folder it yields the shorter audio's units; a
+    manifest that states the original length catches the truncation as a named error."""
+    folder = tmp_path / "trunc"
+    folder.mkdir()
+    soundfile.write(folder / "whole.wav", speechlike(1.0, 16000, 0), 16000, subtype="PCM_16")
+    data = (folder / "whole.wav").read_bytes()
+    (folder / "cut.wav").write_bytes(data[: 44 + 2 * 8000])  # header + half of the samples
+    run(folder, tmp_path)
+    lines = dict(zip(["cut", "whole"], (tmp_path / "run/train.km").read_text().splitlines()))
+    assert len(lines["cut"].split()) == 1 + (8000 - 400) // 160 and len(lines["whole"].split()) == 98
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"{folder}\ncut.wav\t16000\n")
+    with pytest.raises(AudioDecodeError, match="manifest says 16000"):
+        run(manifest, tmp_path / "again")
