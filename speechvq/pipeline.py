@@ -1,5 +1,6 @@
-"""The stages of a run, wired with typed inputs and outputs. Each stage reads the artifacts of the stage
-before it from the run folder, so any subset can run (train once, quantize many datasets). No Hydra here."""
+"""The stages of a run, wired with typed inputs and outputs: orchestration, resume bookkeeping, and the
+train_encoder / features / train / quantize stages (evaluate and merge have their own modules). Each stage
+reads the artifacts of the stage before it from the run folder, so any subset can run. No Hydra here."""
 
 from __future__ import annotations
 
@@ -7,50 +8,43 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import io
-from .alignments import read_alignments
+from .artifacts import (
+    ERRORS_FILE,
+    FEATURES_DIR,
+    MARKERS_DIR,
+    UNITS_META_FILE,
+    RunResult,
+    open_features,
+    stream_names,
+    unit_model,
+)
 from .codebook import Codebook, kmeans
 from .codebook.codebook import CODEBOOK_FILE
 from .config import MergeConfig, RunConfig
 from .data import check_files, iter_waveforms
-from .errors import AlignmentError, ConfigError, EmptyDatasetError, MissingArtifactError
+from .errors import ConfigError, EmptyDatasetError
+from .evaluate import evaluate
 from .featstore import FeatureStore, FeatureWriter
 from .features import build_extractor
 from .manifest import list_utterances, shard
-from .metrics import MetricsAccumulator, phone_unit_scores
-from .plots import plot_codebook_usage
-from .reconstruct import build_reconstructor, griffin_lim, logmel_distances, mel_cepstral_distortion, reference_logmel
-from .types import FeatureMatrix, SkippedFile, Utterance
-from .units import load_unit_model
+from .merge import merge_shards
+from .report import format_report
+from .types import FeatureMatrix, SkippedFile
+
+__all__ = ["STAGES", "RunResult", "format_report", "resolve_device", "run"]
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train_encoder", "features", "train", "quantize", "evaluate", "merge")
-FEATURES_DIR = "features"
-ERRORS_FILE = "errors.tsv"
-UNITS_META_FILE = "units.meta.json"
-METRICS_FILE = "metrics.json"
-USAGE_PLOT_FILE = "codebook_usage.png"
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)  # found / processed / skipped
-    metrics: dict = field(default_factory=dict)
-    per_rank: bool = False  # under torchrun: this folder holds one rank's shard of the data
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,8 +122,6 @@ def _run_by_rank(config: RunConfig, result: RunResult, device: torch.device, sta
 # Each stage that finishes writes .speechvq/<stage>.json with a key of everything its outputs depend on. Run
 # again with the same config, a finished stage is skipped; with a different one, the run stops rather than
 # overwrite (unless output.overwrite=true). Unfinished stages resume from their own checkpoints.
-
-MARKERS_DIR = ".speechvq"
 
 
 def _key(*parts) -> str:
@@ -294,12 +286,6 @@ def _write_errors(path: Path, skipped: list[SkippedFile]) -> None:
     io.write_text(path, "".join(lines))
 
 
-def _open_features(result: RunResult) -> FeatureStore:
-    store = FeatureStore(result.run_dir / FEATURES_DIR)
-    result.counts = result.counts or store.index.get("counts", {})
-    return store
-
-
 # ---------------------------------------------------------------- train
 
 
@@ -326,7 +312,7 @@ def train_codebook(config: RunConfig, result: RunResult, device: torch.device) -
     )
     if _already_done(config, result, "train", key):
         return
-    store = _open_features(result)
+    store = open_features(result)
     size = config.codebook.codebook_size
     if store.num_frames < size:
         raise ConfigError("codebook.codebook_size", size, f"larger than the {store.num_frames} frames available")
@@ -425,14 +411,9 @@ def _train_distributed(
 # ---------------------------------------------------------------- quantize
 
 
-def stream_names(split: str, num_codebooks: int) -> list[str]:
-    """One .km stream per codebook: <split>.km for one, <split>.q0.km, <split>.q1.km, ... for several."""
-    return [f"{split}.km"] if num_codebooks == 1 else [f"{split}.q{g}.km" for g in range(num_codebooks)]
-
-
 def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device) -> None:
-    store = _open_features(result)
-    units_model = _unit_model(config, result)
+    store = open_features(result)
+    units_model = unit_model(config, result)
     units_model.check_compatible(store.feature_config, store.dim)
     key = _key(_features_key(config), "quantize", units_model.fingerprint, config.quantize.dedup)
     if _already_done(config, result, "quantize", key):
@@ -511,311 +492,3 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
     _mark_done(result, "quantize", key)
     shutil.rmtree(parts_dir)
     log.info("quantize: %d utterances, %d frames -> %s", len(store.utterances), store.num_frames, out / streams[0])
-
-
-def _unit_model(config: RunConfig, result: RunResult):
-    if config.codebook.name not in ("kmeans", "learned"):
-        raise ConfigError("codebook.name", config.codebook.name, "choose kmeans or learned")
-    path = Path(config.codebook.path) if config.codebook.path else None
-    if path is None:
-        own = result.run_dir / ("encoder" if config.codebook.name == "learned" else CODEBOOK_FILE)
-        if not own.exists():
-            raise MissingArtifactError(own, "quantize")
-    return load_unit_model(
-        config.codebook.name, path, result.run_dir, config.quantize.chunk_size, config.quantize.precision
-    )
-
-
-# ---------------------------------------------------------------- evaluate
-
-
-def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None:
-    store = _open_features(result)
-    units_model = _unit_model(config, result)
-    units_model.check_compatible(store.feature_config, store.dim)
-    meta_path = result.run_dir / UNITS_META_FILE
-    if not meta_path.exists():
-        raise MissingArtifactError(meta_path, "evaluate")
-    meta = json.loads(meta_path.read_text())
-    if meta["codebook_fingerprint"] != units_model.fingerprint:
-        raise ConfigError(
-            "codebook",
-            units_model.fingerprint,
-            f"the units in {result.run_dir} were made with {meta['codebook_fingerprint']}; re-run quantize",
-        )
-    alignments = (
-        read_alignments(config.data.alignments, config.data.alignment_rate_hz) if config.data.alignments else {}
-    )
-    phones: dict[str, int] = {}
-    joint: list[tuple[torch.Tensor, torch.Tensor]] = []
-    accumulator = MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz)
-    recon = ReconstructionAccumulator.create(config, result, store, units_model)
-    streams = [(result.run_dir / name).open() for name in stream_names(config.data.split, units_model.num_codebooks)]
-    try:
-        waveforms = recon.waveforms() if recon else None
-        for features in tqdm(
-            store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
-        ):
-            units = (
-                torch.tensor([[int(u) for u in handle.readline().split()] for handle in streams], dtype=torch.long)
-                .reshape(len(streams), -1)
-                .T
-            )
-            if units.shape[0] != features.num_frames:
-                raise ConfigError(
-                    "data.split",
-                    config.data.split,
-                    f"units do not match the features at {features.utt_id!r}; re-run quantize",
-                )
-            quantized = units_model.lookup(units)
-            accumulator.add(units_model.normalize(features.frames), quantized, units)
-            if recon:
-                recon.add(features, quantized, next(waveforms))
-            if features.utt_id in alignments:
-                joint.append(
-                    _paired_labels(
-                        features.utt_id, units[:, 0], alignments[features.utt_id], phones, store.frame_rate_hz, config
-                    )
-                )
-    finally:
-        for handle in streams:
-            handle.close()
-    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **accumulator.result()}
-    if recon:
-        metrics["reconstruction"] = recon.summary()
-    if joint:
-        phone_ids = torch.cat([p for p, _ in joint])
-        unit_ids = torch.cat([u for _, u in joint])
-        counts = torch.zeros(len(phones), units_model.codebook_size, dtype=torch.long)
-        counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
-        metrics["alignment"] = {
-            "num_utterances": len(joint),
-            "num_frames": int(unit_ids.numel()),
-            "num_phones": len(phones),
-            "stream": 0,
-            **phone_unit_scores(counts),
-        }
-    elif alignments:
-        raise AlignmentError(config.data.alignments, "no utterance id matches the dataset's ids")
-    metrics["counts"] = result.counts
-    io.write_json(result.run_dir / METRICS_FILE, metrics)
-    if config.evaluate.plot:
-        plot_codebook_usage(
-            accumulator.counts[0],
-            result.run_dir / USAGE_PLOT_FILE,
-            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
-            f"perplexity {metrics['perplexity']:.1f}",
-        )
-    result.metrics = metrics
-
-
-class ReconstructionAccumulator:
-    """Log-mel distances between the reference log-mel of the audio and the log-mel rebuilt from the units
-    (and from the unquantized features, to isolate what quantization loses); MCD for Kaldi MFCC; and the
-    first evaluate.resynthesize utterances written as Griffin-Lim WAVs."""
-
-    def __init__(self, config, result, store, units_model, reconstructor):
-        self.config, self.result, self.store, self.units_model = config, result, store, units_model
-        self.reconstruct = reconstructor
-        self.sums = {"quantized": {}, "unquantized": {}}
-        self.mcd_sum, self.mcd_frames, self.written = 0.0, 0, 0
-        self.is_kaldi_mfcc = store.feature_config["name"] == "mfcc_hubert"
-
-    @classmethod
-    def create(cls, config, result, store, units_model):
-        if not config.evaluate.reconstruction:
-            return None
-        decoder = None
-        if store.feature_config["name"] == "conv_encoder":
-            from .learned.train import load_vqvae
-
-            decoder = load_vqvae(store.feature_config["checkpoint"])[0].decoder
-        reconstructor = build_reconstructor(store.feature_config, decoder)
-        if reconstructor is None:
-            log.info("evaluate: no log-mel reconstruction is defined for %s features", store.feature_config["name"])
-            return None
-        return cls(config, result, store, units_model, reconstructor)
-
-    def waveforms(self):
-        """The audio of the stored utterances, in order, from the run's <split>.tsv."""
-        lines = (self.result.run_dir / f"{self.config.data.split}.tsv").read_text().splitlines()
-        root = Path(lines[0])
-        listing = [
-            Utterance(entry.utt_id, root / line.split("\t")[0])
-            for entry, line in zip(self.store.utterances, lines[1:], strict=True)
-        ]
-        rate = self.store.feature_config["sample_rate"]
-        return iter_waveforms(listing, rate, self.config.data.num_workers, "raise", [])
-
-    def add(self, features: FeatureMatrix, quantized: torch.Tensor, waveform) -> None:
-        reference = reference_logmel(waveform.samples, waveform.sample_rate)
-        raw_quantized = self.units_model.denormalize(quantized)
-        estimate = self.reconstruct(raw_quantized)
-        for key, rebuilt in (("quantized", estimate), ("unquantized", self.reconstruct(features.frames))):
-            for name, value in logmel_distances(reference, rebuilt).items():
-                self.sums[key][name] = self.sums[key].get(name, 0.0) + value
-        if self.is_kaldi_mfcc:
-            ceps, bins = self.store.feature_config["num_ceps"], self.store.feature_config["num_mel_bins"]
-            mcd = mel_cepstral_distortion(features.frames[:, :ceps], raw_quantized[:, :ceps], bins)
-            self.mcd_sum += float(mcd.sum())
-            self.mcd_frames += mcd.numel()
-        if self.written < self.config.evaluate.resynthesize and reference.shape[0] > 0:
-            folder = self.result.run_dir / "resynth"
-            stem = f"{self.written:03d}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", features.utt_id)[:80]
-            rate = waveform.sample_rate
-            io.write_wav(folder / f"{stem}.original.wav", waveform.samples, rate)
-            io.write_wav(folder / f"{stem}.units.wav", griffin_lim(estimate[: reference.shape[0]], rate), rate)
-            self.written += 1
-
-    def summary(self) -> dict:
-        def finish(sums):
-            n = max(sums.get("elements", 0), 1)
-            return {
-                "logmel_l1": sums["l1_sum"] / n,
-                "logmel_l2": sums["l2_sum"] / n,
-                "spectral_convergence": math.sqrt(sums["sc_num"] / max(sums["sc_den"], 1e-30)),
-            }
-
-        out = {**finish(self.sums["quantized"]), "unquantized": finish(self.sums["unquantized"])}
-        if self.mcd_frames:
-            out["mcd_db"] = self.mcd_sum / self.mcd_frames
-        if self.written:
-            out["resynthesized"] = self.written
-        return out
-
-
-def _paired_labels(utt_id, units, labels, phones, unit_rate_hz, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map each unit frame to the label frame at the same time; trim the small length difference
-    that framing conventions leave, and refuse a larger one (a sign of mismatched files)."""
-    ratio = config.data.alignment_rate_hz / unit_rate_hz
-    expected = round(len(labels) / ratio)
-    if abs(expected - units.numel()) > config.evaluate.alignment_tolerance_frames:
-        raise AlignmentError(
-            utt_id,
-            f"{len(labels)} labels at {config.data.alignment_rate_hz} Hz cover "
-            f"{expected} unit frames, but there are {units.numel()}",
-        )
-    label_index = (torch.arange(units.numel()) * ratio).long()
-    keep = label_index < len(labels)
-    phone_ids = torch.tensor(
-        [phones.setdefault(labels[i], len(phones)) for i in label_index[keep].tolist()], dtype=torch.long
-    )
-    return phone_ids, units[keep]
-
-
-# ---------------------------------------------------------------- merge
-
-
-def merge_shards(config: RunConfig, result: RunResult, device: torch.device) -> None:
-    """Concatenate the unit files of shard runs (subfolders of merge.inputs) in shard order, after checking
-    that every shard is there exactly once and that all came from the same codebook and features."""
-    if not config.merge.inputs:
-        raise ConfigError("merge.inputs", None, "name the folder whose subfolders are the shard runs")
-    folder = Path(config.merge.inputs)
-    metas = sorted(
-        ((json.loads(p.read_text()), p.parent) for p in folder.glob(f"*/{UNITS_META_FILE}")),
-        key=lambda item: item[0]["shard"]["index"],
-    )
-    if not metas:
-        raise MissingArtifactError(folder / "*" / UNITS_META_FILE, "merge")
-    first = metas[0][0]
-    num_shards = first["shard"]["num_shards"]
-    indices = [m["shard"]["index"] for m, _ in metas]
-    if indices != list(range(num_shards)):
-        raise ConfigError(
-            "merge.inputs", str(folder), f"expected shards 0..{num_shards - 1} once each, found {indices}"
-        )
-    for meta, run in metas:
-        for key in ("codebook_fingerprint", "feature_config", "num_codebooks", "split"):
-            if meta[key] != first[key]:
-                raise ConfigError("merge.inputs", str(run), f"{key} differs from shard 0's; refusing to mix units")
-        if (
-            meta["shard"]["num_shards"] != num_shards
-            or meta["shard"]["dataset_utterances"] != first["shard"]["dataset_utterances"]
-        ):
-            raise ConfigError("merge.inputs", str(run), "shards come from different shardings or datasets")
-    found = sum(m["counts"]["found"] for m, _ in metas)
-    if found != first["shard"]["dataset_utterances"]:
-        raise ConfigError(
-            "merge.inputs",
-            str(folder),
-            f"shards list {found} utterances, the dataset has {first['shard']['dataset_utterances']}",
-        )
-    split, out = first["split"], result.run_dir
-    tsv_lines = [(run / f"{split}.tsv").read_text().splitlines() for _, run in metas]
-    if len({lines[0] for lines in tsv_lines}) != 1:
-        raise ConfigError("merge.inputs", str(folder), "shard manifests have different root folders")
-    io.write_text(
-        out / f"{split}.tsv", "\n".join([tsv_lines[0][0]] + [x for lines in tsv_lines for x in lines[1:]]) + "\n"
-    )
-    names = stream_names(split, first["num_codebooks"]) + ["units.jsonl", "units_dedup.jsonl"]
-    for name in names:
-        parts = [run / name for _, run in metas]
-        if not all(p.exists() for p in parts):
-            continue
-        with io.atomic_open(out / name) as handle:
-            for part in parts:
-                handle.write(part.read_text())
-    errors = [line for _, run in metas for line in (run / ERRORS_FILE).read_text().splitlines()[1:]]
-    io.write_text(out / ERRORS_FILE, "utt_id\tpath\treason\n" + "".join(f"{line}\n" for line in errors))
-    io.write_km_dict(out / "dict.km.txt", first["codebook_size"])
-    counts = {k: sum(m["counts"][k] for m, _ in metas) for k in ("found", "processed", "skipped")}
-    io.write_json(
-        out / UNITS_META_FILE,
-        {
-            **first,
-            "counts": counts,
-            "num_utterances": counts["processed"],
-            "num_frames": sum(m["num_frames"] for m, _ in metas),
-            "shard": {
-                "index": 0,
-                "num_shards": 1,
-                "dataset_utterances": first["shard"]["dataset_utterances"],
-                "merged_from": [str(run) for _, run in metas],
-            },
-        },
-    )
-    result.counts = counts
-    log.info("merge: %d shards, %d utterances -> %s", num_shards, counts["processed"], out)
-
-
-# ---------------------------------------------------------------- report
-
-
-def format_report(result: RunResult) -> str:
-    rows: list[tuple[str, str]] = [("run folder", str(result.run_dir))]
-    for stage, seconds in result.stage_seconds.items():
-        rows.append((f"time {stage}", f"{seconds:.1f} s"))
-    if result.counts:
-        rows.append(
-            (
-                "files found / processed / skipped",
-                f"{result.counts.get('found')} / {result.counts.get('processed')} / {result.counts.get('skipped')}",
-            )
-        )
-    m = result.metrics
-    if m:
-        rows += [
-            ("utterances / frames", f"{m['num_utterances']} / {m['num_frames']} ({m['duration_s']:.1f} s)"),
-            ("codebook", f"K={m['codebook_size']} fingerprint {m['codebook_fingerprint']}"),
-            ("MSE / relative MSE", f"{m['mse']:.4g} / {m['relative_mse']:.4f}"),
-            ("SQNR", f"{m['sqnr_db']:.2f} dB"),
-            ("usage (dead codes)", f"{m['usage']:.3f} ({m['dead_codes']})"),
-            ("perplexity / entropy", f"{m['perplexity']:.1f} / {m['entropy_bits']:.3f} bits/frame"),
-            ("bitrate fixed / entropy", f"{m['bitrate_bps']:.0f} / {m['entropy_bitrate_bps']:.0f} bit/s"),
-            ("after dedup", f"{m['dedup_units_per_s']:.1f} units/s, {m['dedup_bitrate_bps']:.0f} bit/s"),
-        ]
-        if "reconstruction" in m:
-            r = m["reconstruction"]
-            rows.append(("log-mel L1 (un-quantized)", f"{r['logmel_l1']:.3f} ({r['unquantized']['logmel_l1']:.3f})"))
-            if "mcd_db" in r:
-                rows.append(("mel-cepstral distortion", f"{r['mcd_db']:.2f} dB"))
-        if "alignment" in m:
-            a = m["alignment"]
-            rows += [
-                ("aligned utterances / phones", f"{a['num_utterances']} / {a['num_phones']}"),
-                ("PNMI", f"{a['pnmi']:.4f}"),
-                ("phone purity / cluster purity", f"{a['phone_purity']:.4f} / {a['cluster_purity']:.4f}"),
-            ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
