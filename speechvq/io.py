@@ -115,12 +115,3 @@ def write_fairseq_tsv(path: str | Path, root: Path, rows: Iterable[tuple[str, in
         handle.write(f"{root}\n")
         for rel_path, num_samples in rows:
             handle.write(f"{rel_path}\t{num_samples}\n")
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-    count = 0
-    with atomic_open(path) as handle:
-        for record in records:
-            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-            count += 1
-    return count
