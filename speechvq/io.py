@@ -71,10 +71,8 @@ def units_to_line(units: torch.Tensor) -> str:
 
 def deduplicate(units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run-length encode a unit sequence: (units without repeats, duration of each in frames)."""
-    if units.numel() == 0:
-        return units.clone(), torch.zeros(0, dtype=torch.long)
-    values, counts = torch.unique_consecutive(units, return_counts=True)
-    return values, counts
+    values, counts = deduplicate_rows(units.unsqueeze(1))
+    return values[:, 0], counts
 
 
 def deduplicate_rows(units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
