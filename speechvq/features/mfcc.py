@@ -70,7 +70,14 @@ class _KaldiBatched(_FrameExtractor):
         """(total_frames, window) stacked analysis windows -> (total_frames, static_dim)."""
         raise NotImplementedError
 
-    max_frames_per_pass = 32768  # ~5.5 min of audio: bounds the spectra held at once, however long a file is
+    # Frames per pass of the static features. On the CPU, slices that fit in cache make the elementwise steps
+    # (DC removal, pre-emphasis, window, power) several times faster than whole-batch passes (measured: 2,048
+    # frames 2.8x faster than the per-utterance recipe, 32,768 frames 1.0x); on CUDA, large passes keep the GPU
+    # busy. Either way memory is bounded however long a file is.
+    max_frames_per_pass: int | None = None
+
+    def _frames_per_pass(self, device: torch.device) -> int:
+        return self.max_frames_per_pass or (1 << 17 if device.type == "cuda" else 2048)
 
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         if not waveforms:
@@ -81,13 +88,14 @@ class _KaldiBatched(_FrameExtractor):
         # Static features are per frame, so they are computed over slices of the stacked windows (a long file is
         # cut into several slices); deltas then run over each utterance's whole static sequence.
         statics, pending, pending_frames = [], [], 0
+        per_pass = self._frames_per_pass(waveforms[0].device)
         for wave, count in zip(waveforms, counts):
             view = wave.unfold(0, self.window, self.hop) if count else None  # (count, window), no copy
-            for start in range(0, count, self.max_frames_per_pass):
-                piece = view[start : start + self.max_frames_per_pass]
+            for start in range(0, count, per_pass):
+                piece = view[start : start + per_pass]
                 pending.append(piece)
                 pending_frames += piece.shape[0]
-                if pending_frames >= self.max_frames_per_pass:
+                if pending_frames >= per_pass:
                     statics.append(self._static_batch(torch.cat(pending)))
                     pending, pending_frames = [], 0
         if pending:
