@@ -41,6 +41,7 @@ class FeatureWriter:
         self._pending: list[torch.Tensor] = []
         self._pending_frames = 0
         self._part = 0
+        self._part_start = 0  # first entry of the part being filled
         folder.mkdir(parents=True, exist_ok=True)
         (folder / INDEX_FILE).unlink(missing_ok=True)  # the old index must not vouch for new parts
 
@@ -55,15 +56,7 @@ class FeatureWriter:
         if self._pending_frames < self.part_frames:
             return
         self._flush()
-        write_json(
-            self.folder / PROGRESS_FILE,
-            {
-                "key": key,
-                "parts": self._part,
-                "state": state,
-                "utterances": [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries],
-            },
-        )
+        write_json(self.folder / PROGRESS_FILE, {"key": key, "parts": self._part, "state": state})
 
     def resume(self, key: str) -> dict | None:
         """Restore from the last checkpoint made with the same key; returns the caller's state, or None."""
@@ -73,15 +66,26 @@ class FeatureWriter:
         progress = json.loads(path.read_text())
         if progress["key"] != key:
             return None
-        self.entries = [StoredUtterance(*row) for row in progress["utterances"]]
+        # Each part names its own utterances in its header, so progress.json stays small however long the run.
+        self.entries = []
+        for part in range(progress["parts"]):
+            with safe_open(str(self._part_path(part)), framework="pt") as handle:
+                self.entries += [StoredUtterance(*row) for row in json.loads(handle.metadata()["utterances"])]
         self._part = progress["parts"]
+        self._part_start = len(self.entries)
         return progress["state"]
+
+    def _part_path(self, part: int) -> Path:
+        return self.folder / f"part-{part:05d}.safetensors"
 
     def _flush(self) -> None:
         frames = torch.cat(self._pending) if self._pending else torch.zeros(0, self.dim)
-        write_bytes(self.folder / f"part-{self._part:05d}.safetensors", save_safetensors_bytes({"frames": frames}))
+        rows = [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries[self._part_start :]]
+        metadata = {"utterances": json.dumps(rows)}
+        write_bytes(self._part_path(self._part), save_safetensors_bytes({"frames": frames}, metadata=metadata))
         self._pending, self._pending_frames = [], 0
         self._part += 1
+        self._part_start = len(self.entries)
 
     def close(self, extra: dict) -> None:
         if self._pending or self._part == 0:

@@ -63,7 +63,8 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
     if config.data.on_error not in ("raise", "skip"):
         raise ConfigError("data.on_error", config.data.on_error, "choose raise or skip")
     if config.features.name == "conv_encoder" and not config.features.checkpoint:
-        config.features.checkpoint = str(run_dir)  # the model train_encoder makes (or made) in this run folder
+        # the model train_encoder makes (or made) in this run folder; a copy, so the caller's config is untouched
+        config = dataclasses.replace(config, features=dataclasses.replace(config.features, checkpoint=str(run_dir)))
     if config.features.name not in ("conv_encoder", "ssl"):
         build_extractor(config.features)  # validates the feature config before any work
     result = RunResult(Path(run_dir))
