@@ -10,6 +10,7 @@ from .codebook.codebook import CODEBOOK_FILE
 from .config import RunConfig
 from .errors import ConfigError, MissingArtifactError
 from .featstore import FeatureStore
+from .io import sha256_file
 from .units import load_unit_model
 
 FEATURES_DIR = "features"
@@ -32,6 +33,13 @@ class RunResult:
 def stream_names(split: str, num_codebooks: int) -> list[str]:
     """One .km stream per codebook: <split>.km for one, <split>.q0.km, <split>.q1.km, ... for several."""
     return [f"{split}.km"] if num_codebooks == 1 else [f"{split}.q{g}.km" for g in range(num_codebooks)]
+
+
+def unit_files_record(run_dir: Path, contents: dict[str, str]) -> dict[str, dict[str, str]]:
+    """For units.meta.json: what each unit file holds and its SHA-256. A .km file has no room for metadata
+    (fairseq reads it as it is), so this record, beside it and naming the codebook fingerprint, is what ties
+    each unit file's exact bytes to the codebook that made them."""
+    return {name: {"contents": text, "sha256": sha256_file(run_dir / name)} for name, text in contents.items()}
 
 
 def open_features(result: RunResult) -> FeatureStore:

@@ -131,3 +131,107 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: ["features", "train", "quantize", "evaluate"])
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
+
+
+# ---------------------------------------------------------------- checks before any work
+# Every value a run reads is checked here, at start-up, so an impossible setting fails in a second with its key
+# named instead of after features and training (or, worse, runs and writes wrong outputs).
+
+CHOICES = {
+    "data.on_error": ("raise", "skip"),
+    "features.name": ("mfcc_hubert", "mfcc", "fbank", "conv_encoder", "ssl"),
+    "features.normalize": ("none", "utterance", "global"),
+    "features.ssl_model": ("hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large"),
+    "codebook.name": ("kmeans", "learned"),
+    "codebook.precision": ("exact", "fast"),
+    "quantize.precision": ("exact", "fast"),
+    "train_encoder.quantizer.name": ("vq_ema", "gumbel", "residual", "product"),
+}
+
+
+def check_config(config: RunConfig) -> None:
+    """Raise ConfigError naming the first key whose value cannot work."""
+    from .errors import ConfigError
+
+    def value(key: str):
+        node = config
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    for key, allowed in CHOICES.items():
+        if value(key) not in allowed:
+            raise ConfigError(key, value(key), f"choose one of {list(allowed)}")
+
+    def at_least(key: str, low, allow_none: bool = False) -> None:
+        v = value(key)
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+            raise ConfigError(key, v, f"must be a number >= {low}" + (" (or null)" if allow_none else ""))
+
+    def positive(key: str) -> None:
+        v = value(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(key, v, "must be a number > 0")
+
+    for key in (
+        "data.alignment_rate_hz",
+        "data.batch_seconds",
+        "data.part_mb",
+        "features.sample_rate",
+        "features.frame_length_ms",
+        "features.frame_shift_ms",
+        "features.chunk_s",
+        "train_encoder.segment_s",
+        "train_encoder.learning_rate",
+        "train_encoder.grad_clip",
+        "train_encoder.max_train_seconds",
+    ):
+        positive(key)
+    for key, low in (
+        ("data.num_workers", 0),
+        ("data.num_shards", 1),
+        ("features.num_ceps", 1),
+        ("features.num_mel_bins", 1),
+        ("features.layer", 1),
+        ("codebook.codebook_size", 1),
+        ("codebook.max_iter", 1),
+        ("codebook.n_init", 1),
+        ("codebook.max_train_frames", 1),
+        ("train_encoder.steps", 1),
+        ("train_encoder.batch_size", 1),
+        ("train_encoder.validate_every", 1),
+        ("train_encoder.checkpoint_every", 1),
+        ("train_encoder.weight_decay", 0),
+        ("train_encoder.validation_fraction", 0),
+        ("train_encoder.model.channels", 1),
+        ("train_encoder.model.code_dim", 1),
+        ("train_encoder.model.decoder_channels", 1),
+        ("train_encoder.quantizer.codebook_size", 1),
+        ("train_encoder.quantizer.num_codebooks", 1),
+        ("train_encoder.quantizer.dead_code_steps", 0),
+        ("evaluate.alignment_tolerance_frames", 0),
+        ("evaluate.resynthesize", 0),
+    ):
+        at_least(key, low)
+    for key in ("codebook.chunk_size", "quantize.chunk_size"):
+        at_least(key, 1, allow_none=True)
+    d, t = config.data, config.train_encoder
+    if not 0 <= d.shard_index < d.num_shards:
+        raise ConfigError("data.shard_index", d.shard_index, f"must be in 0..{d.num_shards - 1}")
+    if config.features.name in ("mfcc_hubert", "mfcc") and config.features.num_ceps > config.features.num_mel_bins:
+        raise ConfigError("features.num_ceps", config.features.num_ceps, "must not exceed features.num_mel_bins")
+    if not t.validation_fraction < 1:
+        raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
+    if not 0 < t.quantizer.ema_decay < 1:
+        raise ConfigError("train_encoder.quantizer.ema_decay", t.quantizer.ema_decay, "must be in (0, 1)")
+    if len(t.quantizer.gumbel_temperature) != 2 or min(t.quantizer.gumbel_temperature) <= 0:
+        raise ConfigError(
+            "train_encoder.quantizer.gumbel_temperature",
+            t.quantizer.gumbel_temperature,
+            "must be [start, end], both > 0",
+        )
+    m = t.model
+    if not m.kernels or len(m.kernels) != len(m.strides) or min(m.kernels + m.strides) < 1:
+        raise ConfigError("train_encoder.model.kernels", m.kernels, "kernels and strides: same length, all >= 1")

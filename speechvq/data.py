@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 from collections.abc import Iterator
 from typing import Literal
 
@@ -74,6 +75,7 @@ def iter_waveforms(
         collate_fn=_keep,
         prefetch_factor=4 if num_workers > 0 else None,
         persistent_workers=False,
+        multiprocessing_context=_worker_context() if num_workers > 0 else None,
     )
     for item in loader:
         if isinstance(item, SkippedFile):
@@ -83,6 +85,13 @@ def iter_waveforms(
             skipped.append(item)
             continue
         yield item
+
+
+def _worker_context():
+    """The platform's own start method, named explicitly. Left implicit, the DataLoader inherits whatever the
+    host process set as default: inside a joblib (loky) worker that is loky's, whose Process objects the
+    DataLoader cannot start ('Process' object has no attribute 'env')."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
 
 
 def _keep(item: Waveform | SkippedFile) -> Waveform | SkippedFile:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(config: RunConfig, result: RunResult, device: torch.device) -> None:
+    if config.evaluate.alignment_tolerance_frames < 0:
+        raise ConfigError("evaluate.alignment_tolerance_frames", config.evaluate.alignment_tolerance_frames, ">= 0")
     store = open_features(result)
     units_model = unit_model(config, result)
     units_model.check_compatible(store.feature_config, store.dim)

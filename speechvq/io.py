@@ -5,6 +5,7 @@ leaves a partial file under the final name."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -113,3 +114,12 @@ def write_fairseq_tsv(path: str | Path, root: Path, rows: Iterable[tuple[str, in
         handle.write(f"{root}\n")
         for rel_path, num_samples in rows:
             handle.write(f"{rel_path}\t{num_samples}\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

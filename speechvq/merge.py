@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import io
-from .artifacts import ERRORS_FILE, UNITS_META_FILE, RunResult, stream_names
+from .artifacts import ERRORS_FILE, UNITS_META_FILE, RunResult, unit_files_record
 from .config import RunConfig
 from .errors import ConfigError, MissingArtifactError
 
@@ -58,11 +58,9 @@ def merge_shards(config: RunConfig, result: RunResult, device: torch.device) -> 
     io.write_text(
         out / f"{split}.tsv", "\n".join([tsv_lines[0][0]] + [x for lines in tsv_lines for x in lines[1:]]) + "\n"
     )
-    names = stream_names(split, first["num_codebooks"]) + ["units.jsonl", "units_dedup.jsonl"]
+    names = [name for name in first["files"] if all((run / name).exists() for _, run in metas)]
     for name in names:
         parts = [run / name for _, run in metas]
-        if not all(p.exists() for p in parts):
-            continue
         with io.atomic_open(out / name) as handle:
             for part in parts:
                 handle.write(part.read_text())
@@ -77,6 +75,7 @@ def merge_shards(config: RunConfig, result: RunResult, device: torch.device) -> 
             "counts": counts,
             "num_utterances": counts["processed"],
             "num_frames": sum(m["num_frames"] for m, _ in metas),
+            "files": unit_files_record(out, {name: first["files"][name]["contents"] for name in names}),
             "shard": {
                 "index": 0,
                 "num_shards": 1,

@@ -25,11 +25,12 @@ from .artifacts import (
     RunResult,
     open_features,
     stream_names,
+    unit_files_record,
     unit_model,
 )
 from .codebook import Codebook, kmeans
 from .codebook.codebook import CODEBOOK_FILE
-from .config import MergeConfig, RunConfig
+from .config import MergeConfig, RunConfig, check_config
 from .data import check_files, iter_waveforms
 from .errors import ConfigError, EmptyDatasetError
 from .evaluate import evaluate
@@ -60,8 +61,12 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise ConfigError("stages", list(config.stages), f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    if config.data.on_error not in ("raise", "skip"):
-        raise ConfigError("data.on_error", config.data.on_error, "choose raise or skip")
+    check_config(config)
+    device = resolve_device(config.device)
+    for key in ("codebook.precision", "quantize.precision"):
+        section = getattr(config, key.split(".")[0])
+        if section.precision == "fast" and device.type != "cuda":
+            raise ConfigError(key, "fast", f"uses TF32 and needs CUDA; this run is on {device}: use exact")
     if config.features.name == "conv_encoder" and not config.features.checkpoint:
         # the model train_encoder makes (or made) in this run folder; a copy, so the caller's config is untouched
         config = dataclasses.replace(config, features=dataclasses.replace(config.features, checkpoint=str(run_dir)))
@@ -69,7 +74,6 @@ def run(config: RunConfig, run_dir: str | Path) -> RunResult:
         build_extractor(config.features)  # validates the feature config before any work
     result = RunResult(Path(run_dir))
     result.run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
     log.info("run folder %s, device %s, stages %s", result.run_dir, device, list(config.stages))
     stage_functions = {
         "train_encoder": train_encoder,
@@ -467,12 +471,17 @@ def quantize_dataset(config: RunConfig, result: RunResult, device: torch.device)
             for number in range(store.index["num_parts"]):
                 handle.write((parts_dir / f"{number:05d}.{name}").read_text())
     io.write_km_dict(out / "dict.km.txt", units_model.codebook_size)
-    files = {name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)}
-    files["units.jsonl"] = "id, units, num_frames, frame_rate_hz" + (
+    contents = {
+        name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)
+    }
+    contents["units.jsonl"] = "id, units, num_frames, frame_rate_hz" + (
         "; units is one list per codebook" if len(streams) > 1 else ""
     )
     if config.quantize.dedup:
-        files["units_dedup.jsonl"] = "id, run-length deduplicated units (all codebooks together), durations in frames"
+        contents["units_dedup.jsonl"] = (
+            "id, run-length deduplicated units (all codebooks together), durations in frames"
+        )
+    files = unit_files_record(out, contents)
     io.write_json(
         out / UNITS_META_FILE,
         {

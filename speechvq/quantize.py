@@ -13,6 +13,22 @@ import torch
 from . import gpu_kernels
 
 FUSED_MAX_DIM = 64  # above this the GEMM path wins (the fused kernel keeps a whole frame in registers)
+PRECISIONS = ("exact", "fast", "tf32")
+CUDA_ONLY_PRECISIONS = ("fast", "tf32")  # TF32 exists on CUDA only; on the CPU they would silently mean exact
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """None (sized for the device) or a positive number of frames; anything else is refused, because a chunk
+    loop that never runs would leave its output uninitialised."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive number of frames or None, got {chunk_size!r}")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision in CUDA_ONLY_PRECISIONS and device.type != "cuda":
+        raise ValueError(f"precision={precision!r} uses TF32 and needs CUDA; on {device.type} use 'exact'")
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -35,8 +51,8 @@ def nearest_codewords(
     frames_sq, the squared norms of the frames, saves a pass over the frames when the caller (Lloyd) has them."""
     if frames.shape[-1] != centroids.shape[-1]:
         raise ValueError(f"frames have dim {frames.shape[-1]}, centroids have dim {centroids.shape[-1]}")
-    if precision not in ("exact", "fast", "tf32"):
-        raise ValueError(f"precision must be 'exact', 'fast' or 'tf32', got {precision!r}")
+    check_precision(precision, frames.device)
+    check_chunk_size(chunk_size)
     centroids = centroids.to(device=frames.device, dtype=torch.float32)
     chunk_size = chunk_size or default_chunk_size(frames.device)
     if frames.is_cuda and frames.shape[-1] <= FUSED_MAX_DIM and gpu_kernels.available(frames.device):

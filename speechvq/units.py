@@ -28,7 +28,10 @@ class KMeansUnits:
     def assign(self, frames: torch.Tensor) -> torch.Tensor:
         """Raw feature frames (num_frames, dim) -> (num_frames, 1) int64."""
         units, _ = nearest_codewords(
-            self.codebook.normalize(frames), self.codebook.centroids.to(frames.device), self.chunk_size
+            self.codebook.normalize(frames),
+            self.codebook.centroids.to(frames.device),
+            self.chunk_size,
+            self.precision,
         )
         return units.unsqueeze(1)
 

@@ -41,13 +41,21 @@ def test_mfcc_matches_librosa():
     np.testing.assert_allclose(ours, reference, atol=1e-3, rtol=0)
 
 
-def test_mfcc_deltas_match_librosa_on_statics():
+def test_mfcc_deltas_match_librosa():
+    # Deltas are the regression over +-2 frames with the edge frames repeated (Kaldi / fairseq / torchaudio's
+    # compute_deltas); librosa's Savitzky-Golay derivative of width 5, order 1 with mode="nearest" is the same
+    # filter. Delta-deltas are deltas of the deltas.
     y = speechlike(0.8, 16000, seed=1)
     extractor = build_extractor(FeatureConfig(name="mfcc", num_mel_bins=40, deltas=True))
-    frames = extractor(torch.from_numpy(y))
+    frames = extractor(torch.from_numpy(y)).numpy()
     assert frames.shape[1] == 39
-    static = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=40).T
-    np.testing.assert_allclose(frames[:, :13].numpy(), static, atol=1e-3, rtol=0)
+    static = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=40)
+    delta = librosa.feature.delta(static, width=5, order=1, mode="nearest")
+    delta2 = librosa.feature.delta(delta, width=5, order=1, mode="nearest")
+    np.testing.assert_allclose(frames[:, :13], static.T, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(frames[:, 13:26], delta.T, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(frames[:, 26:], delta2.T, atol=1e-3, rtol=0)
+    assert np.abs(frames[:, 13:26]).max() > 1.0  # the deltas are not trivially zero
 
 
 def test_fbank_is_kaldi_fbank_with_utterance_cmvn():

@@ -54,12 +54,28 @@ def test_inertia_never_increases_and_matches_assignment():
 
 
 def test_n_init_keeps_the_best_restart():
+    # Restart r of kmeans(n_init=4) is what kmeans(n_init=1) gives when the same generator has already served r
+    # restarts, so the four restarts can be reproduced one by one and the winner checked against them.
     points = torch.randn(3000, 4, generator=torch.Generator().manual_seed(2))
-    single = [
-        kmeans(points, 30, generator=torch.Generator().manual_seed(s), n_init=1, max_iter=5).inertia for s in range(1)
-    ]
+    shared = torch.Generator().manual_seed(0)
+    restarts = [kmeans(points, 30, generator=shared, n_init=1, max_iter=5) for _ in range(4)]
+    inertias = [r.inertia for r in restarts]
+    winner = min(range(4), key=inertias.__getitem__)
+    assert winner != 0 and len(set(inertias)) == 4  # the data must make "keep the first" a wrong answer
     best = kmeans(points, 30, generator=torch.Generator().manual_seed(0), n_init=4, max_iter=5)
-    assert best.inertia <= single[0]
+    assert best.inertia == inertias[winner]
+    assert torch.equal(best.centroids, restarts[winner].centroids)
+
+
+def test_impossible_arguments_are_refused():
+    points = torch.randn(100, 3)
+    for kwargs in ({"chunk_size": 0}, {"chunk_size": -5}, {"n_init": 0}, {"precision": "half"}, {"max_iter": 0}):
+        with pytest.raises(ValueError):
+            kmeans(points, 4, generator=torch.Generator(), **kwargs)
+    with pytest.raises(ValueError, match="CUDA"):  # TF32 does not exist on the CPU: refused, not silently exact
+        kmeans(points, 4, generator=torch.Generator(), precision="fast")
+    with pytest.raises(ValueError):
+        kmeans(points, 0, generator=torch.Generator())
 
 
 def test_empty_cluster_is_reseeded():

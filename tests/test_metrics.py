@@ -24,6 +24,19 @@ def test_pnmi_on_hand_built_joint_distribution():
     assert scores["phone_entropy_bits"] == pytest.approx(1.0)
 
 
+def test_phone_purity_and_cluster_purity_are_not_interchangeable():
+    # 2 phones x 3 units:      u0 u1 u2
+    #   phone a                 4  4  0
+    #   phone b                 0  0  2
+    # Labelling each unit with its most frequent phone is always right (phone purity 1); phone a is split over
+    # two units, so its most frequent unit covers only half of it (cluster purity (4 + 2) / 10).
+    scores = phone_unit_scores(torch.tensor([[4, 4, 0], [0, 0, 2]]))
+    assert scores["phone_purity"] == pytest.approx(1.0)
+    assert scores["cluster_purity"] == pytest.approx(0.6)
+    # H(phone | unit) = 0, so all of the phone's information is in the unit.
+    assert scores["pnmi"] == pytest.approx(1.0)
+
+
 def test_pnmi_extremes():
     assert phone_unit_scores(torch.eye(4) * 10)["pnmi"] == pytest.approx(1.0)
     independent = torch.outer(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0, 4.0]))

@@ -36,14 +36,38 @@ def test_empty_input_and_dim_mismatch():
         nearest_codewords(torch.zeros(2, 4), torch.randn(3, 5))
 
 
+def resolvable(frames, centroids, margin=1e-5):
+    """float64 argmin, and a mask of the frames whose two best float64 distances differ by more than fp32 can
+    blur (margin x ||x|| x max||c||): on those, any fp32-accurate method must pick the float64 winner."""
+    d = torch.cdist(frames.double(), centroids.double()).square()
+    top2 = d.topk(2, dim=1, largest=False).values
+    scale = frames.double().norm(dim=1) * centroids.double().norm(dim=1).max()
+    return d.argmin(1), (top2[:, 1] - top2[:, 0]) > margin * scale
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    g = torch.Generator().manual_seed(0)
-    frames, centroids = torch.randn(50000, 39, generator=g), torch.randn(100, 39, generator=g)
-    cpu, _ = nearest_codewords(frames, centroids)
-    gpu, _ = nearest_codewords(frames.cuda(), centroids.cuda())
-    assert (cpu == gpu.cpu()).float().mean() > 0.9999
+@pytest.mark.parametrize(
+    "dim,size,precision", [(39, 100, "exact"), (64, 500, "exact"), (768, 500, "exact"), (768, 500, "fast")]
+)
+def test_cuda_labels_equal_the_float64_argmin(dim, size, precision):
+    """Equality, not agreement: every frame outside float rounding's reach gets the float64 label. The fused
+    Triton kernel (dim <= 64) must use 3xTF32 products; with single TF32 products this fails."""
+    g = torch.Generator().manual_seed(dim + size)
+    frames, centroids = torch.randn(200_000, dim, generator=g), torch.randn(size, dim, generator=g)
+    reference, clear = resolvable(frames, centroids)
+    assert clear.float().mean() > 0.99
+    labels, _ = nearest_codewords(frames.cuda(), centroids.cuda(), precision=precision)
+    labels = labels.cpu()
+    assert torch.equal(labels[clear], reference[clear]), int((labels[clear] != reference[clear]).sum())
+    # The check has teeth: plain TF32 products get some of these frames wrong.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        c = centroids.cuda()
+        tf32 = torch.addmm(c.square().sum(1), frames.cuda(), c.T, alpha=-2.0).argmin(1).cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    assert (tf32[clear] != reference[clear]).any()
 
 
 def test_fused_triton_kernel_in_the_interpreter():
@@ -76,13 +100,28 @@ def test_fused_triton_kernel_in_the_interpreter():
 def test_precision_argument_is_checked():
     with pytest.raises(ValueError, match="precision"):
         nearest_codewords(torch.zeros(2, 3), torch.zeros(2, 3), precision="half")
+    for precision in ("fast", "tf32"):  # TF32 modes need CUDA: refused on the CPU, never silently exact
+        with pytest.raises(ValueError, match="CUDA"):
+            nearest_codewords(torch.zeros(2, 3), torch.zeros(2, 3), precision=precision)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fast_path_agrees_with_exact():
+@pytest.mark.parametrize("chunk", [0, -5, 2.5, True])
+def test_impossible_chunk_size_is_refused(chunk):
+    # A chunk loop that never runs would return torch.empty garbage as units.
+    with pytest.raises(ValueError, match="chunk_size"):
+        nearest_codewords(torch.randn(10, 3), torch.randn(4, 3), chunk_size=chunk)
+
+
+def test_kmeans_units_pass_their_precision_and_chunk_size_on():
+    from speechvq.codebook import Codebook
+    from speechvq.units import KMeansUnits
+
     g = torch.Generator().manual_seed(0)
-    frames, centroids = torch.randn(100000, 768, generator=g).cuda(), torch.randn(500, 768, generator=g).cuda()
-    exact, _ = nearest_codewords(frames, centroids)
-    fast, _ = nearest_codewords(frames, centroids, precision="fast")
-    assert (exact == fast).float().mean() >= 0.999
+    frames, centroids = torch.randn(500, 6, generator=g), torch.randn(9, 6, generator=g)
+    codebook = Codebook(centroids=centroids, feature_config={"name": "x"}, frame_rate_hz=100.0)
+    _, reference = brute_force(frames, centroids)
+    assert torch.equal(KMeansUnits(codebook, chunk_size=7).assign(frames)[:, 0], reference)
+    with pytest.raises(ValueError, match="CUDA"):  # "fast" reaches nearest_codewords, which refuses it on CPU
+        KMeansUnits(codebook, precision="fast").assign(frames)
+    with pytest.raises(ValueError, match="chunk_size"):
+        KMeansUnits(codebook, chunk_size=-5).assign(frames)

@@ -91,11 +91,14 @@ def test_vq_nearest_codeword_and_kmeans_init():
 def test_dead_codes_are_restarted_from_encoder_outputs():
     quantizer = VectorQuantizerEMA(DIM, 8, dead_code_steps=2, kmeans_init=False)
     quantizer.codebook[3] = quantizer.ema_sum[3] = 1e3  # far from every input: never chosen
-    z = sample_z()
-    for step in range(3):
+    for step in range(2):  # unused after steps 1 and 2: re-seeded at the end of step 2
+        z = sample_z(seed=step) + 5.0  # away from the origin, so a code re-seeded at zero cannot pass
         quantizer(z, torch.Generator().manual_seed(step))
-    assert quantizer.codebook[3].abs().max() < 100  # re-seeded near the data
-    assert int(quantizer.steps_unused[3]) < 2
+    rows = z.reshape(-1, DIM)
+    # The restarted code is one of this step's encoder outputs, exactly (not near the data, not the origin).
+    assert (rows == quantizer.codebook[3]).all(dim=1).any()
+    assert torch.equal(quantizer.ema_sum[3], quantizer.codebook[3]) and float(quantizer.ema_count[3]) == 1.0
+    assert int(quantizer.steps_unused[3]) == 0
 
 
 def test_without_restart_a_dead_code_stays_dead():

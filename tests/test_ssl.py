@@ -39,10 +39,25 @@ def test_layer_matches_torchaudio_extract_features(hubert_weights):
 
 
 def test_long_audio_is_chunked_into_the_same_frame_grid(hubert_weights):
+    """3.3 s in 1 s chunks with 1 s of context: frames [50k, 50k + 50) come from the model run on the window
+    samples [16000 (k - 1), 16000 (k + 2)) (clipped to the file), frame 50k of the file being frame
+    50k - 50 (k - 1) of that window. Computed here straight from torchaudio, so a stitching offset, a lost
+    context or a missing last chunk all show."""
     extractor = build_extractor(FeatureConfig(name="ssl", checkpoint=str(hubert_weights), layer=1, chunk_s=1.0))
     wave = torch.from_numpy(speechlike(3.3, 16000, 4))
     frames = extractor(wave)
-    assert frames.shape == (extractor.num_frames(wave.numel()), 768) and torch.isfinite(frames).all()
+    total = extractor.num_frames(wave.numel())
+    assert frames.shape == (total, 768)
+    for k in range(4):
+        start = max(0, 16000 * (k - 1))
+        window = wave[start : 16000 * (k + 2)]
+        reference = extractor.model.extract_features(window.view(1, -1), num_layers=1)[0][-1][0]
+        first, last = 50 * k, min(total, 50 * (k + 1))
+        offset = start // 320
+        torch.testing.assert_close(frames[first:last], reference[first - offset : last - offset], atol=1e-4, rtol=1e-4)
+    # Context matters: a frame near the end of the first chunk differs from what a context-free 1 s window gives.
+    alone = extractor.model.extract_features(wave[:16000].view(1, -1), num_layers=1)[0][-1][0]
+    assert not torch.allclose(frames[45], alone[45], atol=1e-3)
 
 
 def test_bad_layer_and_missing_weights(hubert_weights, tmp_path):

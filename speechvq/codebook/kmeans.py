@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..quantize import nearest_codewords
+from ..quantize import check_chunk_size, check_precision, nearest_codewords
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,14 @@ def kmeans(
         raise ValueError(f"frames must be (num_frames, dim), got shape {tuple(frames.shape)}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    if codebook_size < 1 or n_init < 1:
+        raise ValueError(f"codebook_size and n_init must be at least 1, got {codebook_size} and {n_init}")
     if frames.shape[0] < codebook_size:
         raise ValueError(f"need at least codebook_size={codebook_size} frames to train, got {frames.shape[0]}")
+    if precision == "tf32":
+        raise ValueError("k-means precision is 'exact' or 'fast'; 'tf32' is an assignment mode")
+    check_precision(precision, frames.device)
+    check_chunk_size(chunk_size)
     frames = frames.to(torch.float32).contiguous()
     best: KMeansResult | None = None
     for restart in range(n_init):

@@ -65,6 +65,11 @@ def train_vqvae(
     sample_rate: int = 16000,
 ) -> tuple[VQVAE, list[dict]]:
     """Train on `waves` (mono float32 at sample_rate); checkpoints, the final model and history go to out_dir."""
+    for key in ("steps", "batch_size"):
+        if getattr(config, key) < 1:  # zero steps would save an untrained model as if trained
+            raise ConfigError(f"train_encoder.{key}", getattr(config, key), "must be at least 1")
+    if len(waves) < 2:
+        raise ConfigError("train_encoder", f"{len(waves)} utterances", "training needs at least 2 utterances")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # parameter initialisation only; every later draw uses explicit generators
     model = VQVAE(config.model, config.quantizer, sample_rate).to(device)
