@@ -1,12 +1,19 @@
+import hashlib
 import json
+import math
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import soundfile
 import torch
+from conftest import write_dataset
 
 from speechvq import load, pipeline
+from speechvq.audio import load_waveform
 from speechvq.config import CodebookConfig, DataConfig, FeatureConfig, RunConfig
-from speechvq.errors import CodebookMismatchError, MissingArtifactError
+from speechvq.errors import AlignmentError, CodebookMismatchError, MissingArtifactError
+from speechvq.features import build_extractor
 
 
 def make_config(path, **overrides) -> RunConfig:
@@ -57,6 +64,10 @@ def test_end_to_end_outputs(dataset, tmp_path):
     assert 0 < metrics["relative_mse"] < 1 and metrics["codebook_size"] == 8
     assert (run_dir / "codebook_usage.png").read_bytes()[:4] == b"\x89PNG"
     assert codebook_meta["training"]["num_train_frames"] == metrics["num_frames"]
+    # units.meta.json names the codebook and the SHA-256 of every unit file it describes (.km has no room for it).
+    assert set(meta["files"]) == {"train.km", "units.jsonl", "units_dedup.jsonl"}
+    for name, record in meta["files"].items():
+        assert record["sha256"] == hashlib.sha256((run_dir / name).read_bytes()).hexdigest(), name
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written left behind
 
 
@@ -70,11 +81,60 @@ def test_same_seed_same_units_and_stage_subsets(dataset, tmp_path):
 
 def test_reuse_codebook_on_another_dataset(dataset, tmp_path):
     pipeline.run(make_config(dataset), tmp_path / "train")
-    config = make_config(dataset, stages=["features", "train", "quantize", "evaluate"])
+    other = tmp_path / "other"
+    write_dataset(other, rates=(8000, 16000, 16000, 48000), durations=(1.7, 0.45, 2.2, 0.9))
+    config = make_config(other, stages=["features", "train", "quantize", "evaluate"])
     config.codebook.path = str(tmp_path / "train")
     pipeline.run(config, tmp_path / "apply")
-    assert not (tmp_path / "apply" / "codebook.safetensors").exists()
-    assert (tmp_path / "apply" / "train.km").read_text() == (tmp_path / "train" / "train.km").read_text()
+    assert not (tmp_path / "apply" / "codebook.safetensors").exists()  # applied, not retrained
+    codebook = json.loads((tmp_path / "train" / "codebook.json").read_text())
+    meta = json.loads((tmp_path / "apply" / "units.meta.json").read_text())
+    assert meta["codebook_fingerprint"] == codebook["fingerprint"] and meta["num_utterances"] == 4
+    # Each unit is the float64 nearest codeword of that file's own features.
+    centroids = load(tmp_path / "train").codebook.centroids.double()
+    extractor = build_extractor(FeatureConfig())
+    tsv = (tmp_path / "apply" / "train.tsv").read_text().splitlines()
+    km = (tmp_path / "apply" / "train.km").read_text().splitlines()
+    assert len(km) == len(tsv) - 1 == 4
+    for line, units in zip(tsv[1:], km):
+        frames = extractor(load_waveform(Path(tsv[0]) / line.split("\t")[0], 16000)).double()
+        expected = torch.cdist(frames, centroids).argmin(1).tolist()
+        assert [int(u) for u in units.split()] == expected
+
+
+def test_evaluate_with_alignments_end_to_end(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    pipeline.run(make_config(dataset, stages=["features", "train", "quantize"]), run_dir)
+    records = [json.loads(x) for x in (run_dir / "units.jsonl").read_text().splitlines()]
+    # Labels that depend on the unit and on time, so units predict phones only in part (both purities < 1 and
+    # different from each other); one utterance is left unaligned.
+    labels = {r["id"]: [f"p{(u * 7 + t // 15) % 5}" for t, u in enumerate(r["units"])] for r in records[:-1]}
+    tsv = tmp_path / "align.tsv"
+    tsv.write_text("".join(f"{k}\t{' '.join(v)}\n" for k, v in labels.items()))
+    config = make_config(dataset, stages=["evaluate"])
+    config.data.alignments = str(tsv)
+    pipeline.run(config, run_dir)
+    got = json.loads((run_dir / "metrics.json").read_text())["alignment"]
+    joint = Counter((p, u) for r in records[:-1] for p, u in zip(labels[r["id"]], r["units"]))
+    n = sum(joint.values())
+    phones, units = Counter(), Counter()
+    for (p, u), c in joint.items():
+        phones[p] += c
+        units[u] += c
+    mi = sum(c / n * math.log(c * n / (phones[p] * units[u])) for (p, u), c in joint.items())
+    h = -sum(c / n * math.log(c / n) for c in phones.values())
+    phone_purity = sum(max(c for (p, u2), c in joint.items() if u2 == u) for u in units) / n
+    cluster_purity = sum(max(c for (p2, u), c in joint.items() if p2 == p) for p in phones) / n
+    assert got["num_utterances"] == len(records) - 1 and got["num_frames"] == n
+    assert got["pnmi"] == pytest.approx(mi / h, rel=1e-9)
+    assert got["phone_purity"] == pytest.approx(phone_purity, rel=1e-9)
+    assert got["cluster_purity"] == pytest.approx(cluster_purity, rel=1e-9)
+    assert abs(phone_purity - cluster_purity) > 0.02
+    # Labels that do not cover the units (beyond the tolerance) are refused, naming the utterance.
+    first = records[0]
+    tsv.write_text(f"{first['id']}\t{' '.join(labels[first['id']][:-5])}\n")
+    with pytest.raises(AlignmentError, match=first["id"]):
+        pipeline.run(config, run_dir)
 
 
 def test_feature_mismatch_with_reused_codebook_is_refused(dataset, tmp_path):

@@ -123,3 +123,53 @@ def test_a_different_config_is_refused_unless_overwrite(dataset, tmp_path):
     overwrite.output.overwrite = True
     pipeline.run(overwrite, tmp_path / "run")
     assert (tmp_path / "run" / "dict.km.txt").read_text().count("\n") == 5
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_features_resume_counts_files_skipped_at_decode_time(tmp_path, monkeypatch, caplog):
+    """A file that passes the header check but fails to decode (NaN samples) is skipped before the
+    interruption; the resumed run must start after it, not one file early (which would store a file twice)."""
+    import logging
+
+    from speechvq.featstore import FeatureWriter
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index in range(24):
+        samples = speechlike(1.0 + 0.05 * index, 16000, index)
+        if index in (3, 17):
+            samples[100] = np.nan
+        soundfile.write(corpus / f"u{index:03d}.wav", samples, 16000, subtype="FLOAT")
+
+    def config():
+        return RunConfig(
+            data=DataConfig(
+                path=str(corpus), alignments=None, num_workers=0, on_error="skip", batch_seconds=2, part_mb=0.02
+            ),
+            codebook=CodebookConfig(codebook_size=8, n_init=1, max_iter=10),
+            device="cpu",
+            stages=["features", "train", "quantize"],
+        )
+
+    pipeline.run(config(), tmp_path / "clean")
+    original = FeatureWriter.checkpoint
+
+    def interrupting(self, key, state):
+        original(self, key, state)
+        if (self.folder / "progress.json").exists() and state["skipped"]:
+            raise Interrupted  # stop right after a checkpoint that records the decode-time skip
+
+    monkeypatch.setattr(FeatureWriter, "checkpoint", interrupting)
+    with pytest.raises(Interrupted):
+        pipeline.run(config(), tmp_path / "killed")
+    monkeypatch.setattr(FeatureWriter, "checkpoint", original)
+    caplog.set_level(logging.INFO, logger="speechvq")
+    result = pipeline.run(config(), tmp_path / "killed")
+    assert "features: resuming after" in caplog.text
+    assert result.counts == {"found": 24, "processed": 22, "skipped": 2}
+    for name in ("train.tsv", "train.km", "units.jsonl", "errors.tsv", "features/index.json", "codebook.safetensors"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+    assert (tmp_path / "clean" / "errors.tsv").read_text().count("NaN") == 2

@@ -1,6 +1,7 @@
 """Sharded runs (fairseq's rule), merged back: identical to a single run. Also for real through Hydra's
 joblib launcher."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -107,3 +108,61 @@ def test_joblib_multirun_then_merge(dataset, tmp_path, single):
     )
     assert merged.returncode == 0, merged.stderr[-3000:]
     assert (tmp_path / "merged" / "train.km").read_text() == (single / "train.km").read_text()
+
+
+def shard_run(dataset, single, folder, num_shards, index):
+    cfg = config(dataset, num_shards=num_shards, shard_index=index)
+    cfg.codebook.path, cfg.stages = str(single), ["features", "quantize"]
+    pipeline.run(cfg, folder)
+
+
+def merge_into(shards, out):
+    return pipeline.run(RunConfig(merge=MergeConfig(inputs=str(shards)), stages=["merge"], device="cpu"), out)
+
+
+def test_merged_meta_hashes_the_merged_files(dataset, tmp_path, single):
+    for index in range(2):
+        shard_run(dataset, single, tmp_path / "shards" / str(index), 2, index)
+    merge_into(tmp_path / "shards", tmp_path / "merged")
+    meta = json.loads((tmp_path / "merged" / "units.meta.json").read_text())
+    assert set(meta["files"]) == {"train.km", "units.jsonl", "units_dedup.jsonl"}
+    for name, record in meta["files"].items():
+        assert record["sha256"] == hashlib.sha256((tmp_path / "merged" / name).read_bytes()).hexdigest(), name
+
+
+def test_merge_refuses_shards_of_different_shardings(dataset, tmp_path, single):
+    # 0/3 + 1/2 + 2/4: indices 0, 1, 2 look complete, but one utterance would be missing and one twice.
+    for num_shards, index in ((3, 0), (2, 1), (4, 2)):
+        shard_run(dataset, single, tmp_path / "shards" / f"{index}of{num_shards}", num_shards, index)
+    with pytest.raises(ConfigError, match="different shardings"):
+        merge_into(tmp_path / "shards", tmp_path / "merged")
+    assert not (tmp_path / "merged" / "train.km").exists()
+
+
+def test_merge_refuses_a_shard_given_twice(dataset, tmp_path, single):
+    for name, index in (("a", 0), ("b", 1), ("c", 1)):
+        shard_run(dataset, single, tmp_path / "shards" / name, 2, index)
+    with pytest.raises(ConfigError, match=r"found \[0, 1, 1\]"):
+        merge_into(tmp_path / "shards", tmp_path / "merged")
+
+
+def test_merge_refuses_shards_of_different_datasets(dataset, tmp_path, single):
+    from conftest import write_dataset
+
+    other = tmp_path / "other"
+    write_dataset(other, rates=(16000,) * 8)  # 8 utterances, not 6
+    shard_run(dataset, single, tmp_path / "shards" / "0", 2, 0)
+    shard_run(other, single, tmp_path / "shards" / "1", 2, 1)
+    with pytest.raises(ConfigError, match="different shardings or datasets"):
+        merge_into(tmp_path / "shards", tmp_path / "merged")
+
+
+def test_merge_refuses_shards_whose_counts_do_not_add_up(dataset, tmp_path, single):
+    for index in range(2):
+        shard_run(dataset, single, tmp_path / "shards" / str(index), 2, index)
+    meta_path = tmp_path / "shards" / "1" / "units.meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["counts"]["found"] -= 1  # as if shard 1 had listed one utterance fewer than the dataset gives it
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="shards list 5 utterances, the dataset has 6"):
+        merge_into(tmp_path / "shards", tmp_path / "merged")
