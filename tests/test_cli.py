@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from speechvq.config import RunConfig
+from speechvq.config import RunConfig, check_config
 from speechvq.features import build_extractor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +65,14 @@ def test_cli_bad_input_exits_with_named_error(tmp_path):
     assert "DatasetNotFoundError" in done.stderr and "nowhere" in done.stderr
 
 
+def test_cli_refuses_an_impossible_value_before_any_work(dataset, tmp_path):
+    # Once, quantize.chunk_size=-5 exited 0 with uninitialised memory written as units.
+    done = run_cli(f"data.path={dataset}", "quantize.chunk_size=-5", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "ConfigError" in done.stderr and "quantize.chunk_size=-5" in done.stderr
+    assert not (tmp_path / "run" / "features").exists() and not (tmp_path / "run" / "train.km").exists()
+
+
 def compose_config(overrides):
     import speechvq.run  # noqa: F401  registers the schema
 
@@ -85,6 +93,7 @@ def test_every_config_option_composes_against_the_schema(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         config = compose_config([f"{group}={option}"] + MANDATORY.get((group, option), []))
         assert isinstance(config, RunConfig)
+        check_config(config)  # every shipped option passes the start-up checks
         if config.features.name not in NEEDS_WEIGHTS:
             build_extractor(config.features)
 

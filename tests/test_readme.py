@@ -1,0 +1,125 @@
+"""The README's commands, run as written on the bundled demo data, so a README command cannot silently break.
+
+Every command line of every ```bash block is run, in README order, in a scratch folder holding a link to
+data/ (so relative paths such as runs/demo resolve as they do for a user in the repository). `.venv/bin/python`
+and `python` mean this interpreter, `torchrun` its torch.distributed.run, `make demo` the Makefile's own recipe.
+A command is left out only when the demo data cannot serve it, and SPECIAL says why; a new README command runs
+by default. The Python API block runs too, after `make demo` made runs/demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (pattern found in the command, what to do): "skip: <why>", "append: <overrides>" (long trainings run shortened)
+# or "substitute" (a user's corpus paths stand for the demo data: SUBSTITUTIONS).
+SPECIAL = [
+    ("make test", "skip: the test suite itself"),
+    ("/corpora/", "substitute"),
+    ("compare_quantizers.py", "skip: a 25-minute benchmark of seven trainings (run by hand; README table)"),
+    (
+        "experiment=conv_vq_demo",
+        "append: train_encoder.steps=20 train_encoder.checkpoint_every=10 train_encoder.validate_every=10",
+    ),
+]
+
+
+SUBSTITUTIONS = {
+    "/corpora/LibriSpeech/train-clean-100": "data/demo",  # a folder of audio
+    "/corpora/dev.tsv": "runs/demo/train.tsv",  # a fairseq manifest (the one make demo wrote)
+    "device=cuda": "device=auto",  # CUDA where the test machine has it
+}
+
+
+def shell_commands(markdown: str) -> list[str]:
+    """The command lines of the ```bash blocks: comments dropped, backslash continuations joined."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
+            if line:
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def make_recipe(target: str) -> str:
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(f"{target}:")))
+    recipe = [line.strip() for line in lines[start + 1 :] if line.startswith("\t")]
+    return recipe[0]
+
+
+def to_argv(command: str) -> list[str]:
+    if command == "make demo":
+        command = make_recipe("demo")
+    argv = shlex.split(command.replace("$(BIN)/python", ".venv/bin/python"))
+    if argv[0] in (".venv/bin/python", "python", "python3"):
+        argv[0] = sys.executable
+    elif argv[0] == "torchrun":
+        argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+    else:
+        raise AssertionError(f"README command with an unknown program: {command!r}")
+    return argv
+
+
+def action(command: str) -> str:
+    return next((what for pattern, what in SPECIAL if pattern in command), "run")
+
+
+def test_readme_lists_its_commands():
+    commands = shell_commands((REPO / "README.md").read_text())
+    assert "make demo" in commands and "make test" in commands
+    assert any("hydra/launcher=joblib" in c for c in commands) and any("stages=[merge]" in c for c in commands)
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / "scripts").symlink_to(REPO / "scripts")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ran, skipped = [], []
+    for command in shell_commands(readme):
+        what = action(command)
+        if what.startswith("skip:"):
+            skipped.append(f"{command}  ({what[5:].strip()})")
+            continue
+        if what == "substitute":
+            for old, new in SUBSTITUTIONS.items():
+                command = command.replace(old, new)
+            assert "/corpora/" not in command, command
+        argv = to_argv(command)
+        if what.startswith("append:"):
+            argv += what[7:].split()
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"README command failed: {command}\n{done.stderr[-3000:]}"
+        ran.append(command)
+    print("ran:", *ran, "left out:", *skipped, sep="\n  ")
+    assert any(c.startswith("make demo") for c in ran)
+    # What the README claims of the 8-shard run: merged, it is byte-identical to the single run.
+    merged = tmp_path / "runs" / "demo8-merged" / "train.km"
+    assert merged.read_bytes() == (tmp_path / "runs" / "demo" / "train.km").read_bytes()
+    assert len(list((tmp_path / "multirun" / "demo8").glob("*/units.meta.json"))) == 8
+    # The codebook applied to another dataset (the demo's own manifest under another split name): same units.
+    assert (tmp_path / "runs" / "ls100-dev" / "valid.km").read_bytes() == (
+        tmp_path / "runs" / "ls100" / "train.km"
+    ).read_bytes()
+    # The Python API block, against the demo run the commands above made.
+    for code in python_blocks(readme):
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"README Python block failed:\n{code}\n{done.stderr[-3000:]}"
