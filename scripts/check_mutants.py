@@ -1,0 +1,208 @@
+"""Plant known plausible bugs, one at a time, in a scratch copy of the repository and check that the tests catch
+each one. Not part of the suite (it runs parts of the suite many times); run it after changing tests or core code.
+
+Usage: python scripts/check_mutants.py [--only NAME ...]
+Prints one line per mutant: CAUGHT (with the first failing test), MISSED, or NO GPU (its tests need CUDA and
+were skipped). Exit status 1 if any was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name: (file, code as it is, code with the bug, tests that should catch it)
+MUTANTS = {
+    "chunk loop runs on chunk_size <= 0": (
+        "speechvq/quantize.py",
+        "    check_precision(precision, frames.device)\n    check_chunk_size(chunk_size)\n",
+        "    check_precision(precision, frames.device)\n",
+        ["tests/test_quantize.py"],
+    ),
+    "config accepts chunk_size <= 0": (
+        "speechvq/config.py",
+        'for key in ("codebook.chunk_size", "quantize.chunk_size"):',
+        "for key in ():",
+        ["tests/test_config_checks.py"],
+    ),
+    "quantize.precision not passed on": (
+        "speechvq/units.py",
+        "            self.chunk_size,\n            self.precision,\n",
+        "            self.chunk_size,\n",
+        ["tests/test_quantize.py"],
+    ),
+    "fast precision silently exact on CPU": (
+        "speechvq/quantize.py",
+        '    if precision in CUDA_ONLY_PRECISIONS and device.type != "cuda":',
+        "    if False:",
+        ["tests/test_quantize.py", "tests/test_kmeans.py"],
+    ),
+    "DataLoader inherits the host's start method (joblib)": (
+        "speechvq/data.py",
+        "        multiprocessing_context=_worker_context() if num_workers > 0 else None,\n",
+        "",
+        ["tests/test_readme.py"],
+    ),
+    "k-means keeps the first restart": (
+        "speechvq/codebook/kmeans.py",
+        "if best is None or result.inertia < best.inertia:",
+        "if best is None:",
+        ["tests/test_kmeans.py"],
+    ),
+    "phone purity and cluster purity swapped": (
+        "speechvq/metrics.py",
+        '"phone_purity": float(joint.max(dim=0).values.sum()),\n        "cluster_purity": float(joint.max(dim=1)',
+        '"phone_purity": float(joint.max(dim=1).values.sum()),\n        "cluster_purity": float(joint.max(dim=0)',
+        ["tests/test_metrics.py", "tests/test_pipeline.py"],
+    ),
+    "PNMI normalised by H(unit)": (
+        "speechvq/metrics.py",
+        "h_phone = -float((p_phone[p_phone > 0] * p_phone[p_phone > 0].log()).sum())",
+        "h_phone = -float((p_unit[p_unit > 0] * p_unit[p_unit > 0].log()).sum())",
+        ["tests/test_metrics.py"],
+    ),
+    "resume offset ignores decode-time skips": (
+        "speechvq/pipeline.py",
+        '"consumed": len(processed) + len(decode_skips),',
+        '"consumed": len(processed),',
+        ["tests/test_resume.py::test_features_resume_counts_files_skipped_at_decode_time"],
+    ),
+    "merge skips its sharding check": (
+        "speechvq/merge.py",
+        '            meta["shard"]["num_shards"] != num_shards\n',
+        "            False\n",
+        ["tests/test_sharding.py"],
+    ),
+    "merge skips its dataset-size check": (
+        "speechvq/merge.py",
+        '    if found != first["shard"]["dataset_utterances"]:',
+        "    if False:",
+        ["tests/test_sharding.py"],
+    ),
+    "dead-code restart at the origin": (
+        "speechvq/learned/quantizers.py",
+        "                self.codebook[dead] = flat[pick]\n",
+        "                self.codebook[dead] = 0.0\n",
+        ["tests/test_quantizers.py"],
+    ),
+    "empty cluster re-seeded at the best-served frames": (
+        "speechvq/codebook/kmeans.py",
+        "farthest = sq_dists.topk(empty.numel()).indices",
+        "farthest = sq_dists.topk(empty.numel(), largest=False).indices",
+        ["tests/test_kmeans.py"],
+    ),
+    "k-means++ keeps the worst candidate": (
+        "speechvq/codebook/kmeans.py",
+        "pick = int(potentials.argmin())",
+        "pick = int(potentials.argmax())",
+        ["tests/test_kmeans.py"],
+    ),
+    "SSL chunks lose their context": (
+        "speechvq/features/ssl.py",
+        "            start = max(0, core_start - context)\n",
+        "            start = core_start\n",
+        ["tests/test_ssl.py"],
+    ),
+    "SSL chunk stitched one frame off": (
+        "speechvq/features/ssl.py",
+        "out[first:last] = frames[first - start // self.hop : last - start // self.hop]",
+        "out[first:last] = frames[first - start // self.hop + 1 : last - start // self.hop + 1]",
+        ["tests/test_ssl.py"],
+    ),
+    "mfcc delta-deltas taken of the statics": (
+        "speechvq/features/mfcc.py",
+        "delta_deltas = torchaudio.functional.compute_deltas(deltas)",
+        "delta_deltas = torchaudio.functional.compute_deltas(static)",
+        ["tests/test_features.py"],
+    ),
+    "codebook.path ignored: retrained on the new dataset": (
+        "speechvq/pipeline.py",
+        '    if config.codebook.path:\n        log.info("train: reusing',
+        '    if False:\n        log.info("train: reusing',
+        ["tests/test_pipeline.py"],
+    ),
+    "train_encoder accepts zero steps": (
+        "speechvq/learned/train.py",
+        '    for key in ("steps", "batch_size"):',
+        "    for key in ():",
+        ["tests/test_config_checks.py"],
+    ),
+    "sharding rule floors instead of rounding": (
+        "speechvq/manifest.py",
+        "return utterances[round(total * shard_index / num_shards) : round(total * (shard_index + 1) / num_shards)]",
+        "return utterances[total * shard_index // num_shards : total * (shard_index + 1) // num_shards]",
+        ["tests/test_manifest.py"],
+    ),
+    "fused kernel with single TF32 products": (  # CUDA only: the Triton interpreter computes in fp32 whatever
+        "speechvq/gpu_kernels.py",  # the precision, so only the gpu-marked test can see this one
+        '    precision: str = "tf32x3",',
+        '    precision: str = "tf32",',
+        ["tests/test_quantize.py::test_cuda_labels_equal_the_float64_argmin"],
+    ),
+    "units.meta.json hashes stale bytes": (
+        "speechvq/merge.py",
+        '            "files": unit_files_record(out, {name: first["files"][name]["contents"] for name in names}),\n',
+        "",
+        ["tests/test_sharding.py"],
+    ),
+}
+
+
+def scratch_copy() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="speechvq-mutants-")) / "repo"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, target)
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", help="names (substrings) of mutants to run")
+    args = parser.parse_args()
+    copy = scratch_copy()
+    missed = 0
+    for name, (path, original, mutated, tests) in MUTANTS.items():
+        if args.only and not any(part in name for part in args.only):
+            continue
+        source = (copy / path).read_text()
+        if source.count(original) != 1:
+            print(f"STALE   {name}: the original code is not found once in {path}; update this script")
+            missed += 1
+            continue
+        (copy / path).write_text(source.replace(original, mutated))
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", *tests],
+            cwd=copy,
+            env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": str(copy)},
+            capture_output=True,
+            text=True,
+        )
+        (copy / path).write_text(source)
+        failed = re.findall(r"^FAILED (\S+)", done.stdout, flags=re.M)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0 and failed:
+            print(f"CAUGHT  {name} ({seconds:.0f} s): {failed[0]}")
+        elif re.search(r"\d+ skipped", done.stdout) and not re.search(r"\d+ passed", done.stdout):
+            print(f"NO GPU  {name}: its tests need CUDA and were skipped here (scripts/bench_gpu.sh runs them)")
+        else:
+            missed += 1
+            print(f"MISSED  {name} ({seconds:.0f} s): pytest exit {done.returncode}")
+    shutil.rmtree(copy.parent)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
