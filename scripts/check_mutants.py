@@ -88,7 +88,7 @@ MUTANTS = {
         ["tests/test_sharding.py"],
     ),
     "dead-code restart at the origin": (
-        "speechvq/learned/quantizers.py",
+        "speechvq/encoder/quantizers.py",
         "                self.codebook[dead] = flat[pick]\n",
         "                self.codebook[dead] = 0.0\n",
         ["tests/test_quantizers.py"],
@@ -130,7 +130,7 @@ MUTANTS = {
         ["tests/test_pipeline.py"],
     ),
     "train_encoder accepts zero steps": (
-        "speechvq/learned/train.py",
+        "speechvq/encoder/train.py",
         '    for key in ("steps", "batch_size"):',
         "    for key in ():",
         ["tests/test_config_checks.py"],

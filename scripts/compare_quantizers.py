@@ -21,13 +21,13 @@ from speechvq import pipeline
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 KMEANS = ["stages=[features,train,quantize,evaluate]", "codebook=kmeans"]
-LEARNED = ["experiment=conv_vq_demo"]
+LEARNED = ["experiment=encoder_demo"]
 METHODS = {
     "MFCC k-means (K=100)": KMEANS + ["features=mfcc_hubert", "codebook.codebook_size=100"],
     "fbank k-means (K=100)": KMEANS + ["features=fbank", "features.normalize=global", "codebook.codebook_size=100"],
     "vq_ema (K=256)": LEARNED + ["train_encoder/quantizer=vq_ema"],
     "conv-encoder k-means (K=256)": KMEANS
-    + ["features=conv_encoder", "codebook.codebook_size=256", "features.checkpoint={out}/vq_ema"],
+    + ["features=encoder", "codebook.codebook_size=256", "features.checkpoint={out}/vq_ema"],
     "residual (2 x 64)": LEARNED + ["train_encoder/quantizer=residual"],
     "product (2 x 64)": LEARNED + ["train_encoder/quantizer=product"],
     "gumbel (2 x 64)": LEARNED + ["train_encoder/quantizer=gumbel"],

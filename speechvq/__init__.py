@@ -1,7 +1,7 @@
 """speechvq: speech audio -> features -> codebook -> discrete units, with metrics."""
 
+from .api import UnitEncoder, load
 from .codebook import Codebook, load_codebook
-from .encoder import UnitEncoder, load
 from .errors import SpeechVQError
 
 __all__ = ["Codebook", "SpeechVQError", "UnitEncoder", "load", "load_codebook"]

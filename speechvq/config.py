@@ -1,9 +1,34 @@
 """Configuration schemas as plain dataclasses. run.py registers them in Hydra's ConfigStore so a
-typo in a key fails at start-up; the library only ever sees these dataclasses."""
+typo in a key or a misspelled choice fails at start-up; the library only ever sees these dataclasses.
+`check_config` then checks every value's range and the combinations, before any work."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """An enum-like option: typed in the schema, so Hydra refuses a misspelling when it composes the config,
+    and equal to its plain string, so `precision == "fast"`, JSON and the run keys all see the value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [member.value for member in cls]
+
+
+def _choice(name: str, values: tuple[str, ...]) -> type[Choice]:
+    # The functional form, because some values ("raise", "global") are Python keywords.
+    return Choice(name, [(value, value) for value in values])
+
+
+OnError = _choice("OnError", ("raise", "skip"))
+Normalize = _choice("Normalize", ("none", "utterance", "global"))
+Precision = _choice("Precision", ("exact", "fast"))
+Stage = _choice("Stage", ("train_encoder", "features", "train", "quantize", "evaluate", "merge"))  # run order
 
 
 @dataclass
@@ -15,7 +40,7 @@ class DataConfig:
     num_workers: int = 2  # decoding processes (0 = decode in the main process)
     batch_seconds: float = 60.0  # audio per feature-extraction batch (bounds the memory of the features stage)
     part_mb: float = 16.0  # features are written (and resumable) in parts of this size
-    on_error: str = "raise"  # raise | skip (skipped files are listed in errors.tsv)
+    on_error: OnError = OnError["raise"]  # raise | skip (skipped files are listed in errors.tsv)
     num_shards: int = 1  # fairseq's rule: shard r of n takes utterances [round(N*r/n), round(N*(r+1)/n))
     shard_index: int = 0
 
@@ -29,8 +54,10 @@ class FeatureConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     deltas: bool = True  # append deltas and delta-deltas (mfcc_hubert, mfcc)
-    normalize: str = "none"  # none | utterance (CMVN per utterance) | global (stats stored with the codebook)
-    checkpoint: str | None = None  # conv_encoder / ssl: model weights (conv_encoder: a run folder works too)
+    normalize: Normalize = Normalize[
+        "none"
+    ]  # none | utterance (CMVN per utterance) | global (stats stored with the codebook)
+    checkpoint: str | None = None  # encoder / ssl: model weights (encoder: a run folder works too)
     ssl_model: str = "hubert_base"  # ssl: hubert_base | hubert_large | wav2vec2_base | wav2vec2_large
     layer: int = 6  # ssl: transformer layer whose output is the feature (1-based)
     chunk_s: float = 30.0  # ssl: longer audio runs in chunks of this length with 1 s of context each side
@@ -82,7 +109,7 @@ class TrainEncoderConfig:
 
 @dataclass
 class CodebookConfig:
-    name: str = "kmeans"  # kmeans | learned (the train_encoder model's own quantizer)
+    name: str = "kmeans"  # kmeans | encoder (the trained encoder's own quantizer)
     path: str | None = None  # reuse a trained codebook (.safetensors or a run folder) instead of training
     codebook_size: int = 100
     max_iter: int = 100
@@ -90,13 +117,17 @@ class CodebookConfig:
     n_init: int = 3  # restarts from independent k-means++ seeds; the lowest inertia wins
     max_train_frames: int = 1_000_000  # frames sampled uniformly across utterances for training
     chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
-    precision: str = "exact"  # exact (fp32, deterministic) | fast (CUDA: TF32 + exact top-2 re-rank, atomics)
+    precision: Precision = Precision[
+        "exact"
+    ]  # exact (fp32, deterministic) | fast (CUDA: TF32 + exact top-2 re-rank, atomics)
 
 
 @dataclass
 class QuantizeConfig:
     chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
-    precision: str = "exact"  # exact | fast (CUDA, large dims: TF32 ranking + exact fp32 re-rank of the top two)
+    precision: Precision = Precision[
+        "exact"
+    ]  # exact | fast (CUDA, large dims: TF32 ranking + exact fp32 re-rank of the top two)
     dedup: bool = True  # also write run-length deduplicated units with durations
 
 
@@ -128,110 +159,109 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    stages: list[str] = field(default_factory=lambda: ["features", "train", "quantize", "evaluate"])
+    stages: list[Stage] = field(
+        default_factory=lambda: [Stage[s] for s in ("features", "train", "quantize", "evaluate")]
+    )
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
 
 
 # ---------------------------------------------------------------- checks before any work
 # Every value a run reads is checked here, at start-up, so an impossible setting fails in a second with its key
-# named instead of after features and training (or, worse, runs and writes wrong outputs).
+# named instead of after features and training (or, worse, runs and writes wrong outputs). Checks that need the
+# data (more codewords than frames) stay where the data is first seen.
 
 CHOICES = {
-    "data.on_error": ("raise", "skip"),
-    "features.name": ("mfcc_hubert", "mfcc", "fbank", "conv_encoder", "ssl"),
-    "features.normalize": ("none", "utterance", "global"),
-    "features.ssl_model": ("hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large"),
-    "codebook.name": ("kmeans", "learned"),
-    "codebook.precision": ("exact", "fast"),
-    "quantize.precision": ("exact", "fast"),
-    "train_encoder.quantizer.name": ("vq_ema", "gumbel", "residual", "product"),
+    "data.on_error": OnError,
+    "features.normalize": Normalize,
+    "codebook.precision": Precision,
+    "quantize.precision": Precision,
 }
+POSITIVE = (
+    "data.alignment_rate_hz", "data.batch_seconds", "data.part_mb", "features.sample_rate",
+    "features.frame_length_ms", "features.frame_shift_ms", "features.chunk_s", "train_encoder.segment_s",
+    "train_encoder.learning_rate", "train_encoder.grad_clip", "train_encoder.max_train_seconds",
+)  # fmt: skip
+AT_LEAST = {
+    "data.num_workers": 0, "data.num_shards": 1, "features.num_ceps": 1, "features.num_mel_bins": 1,
+    "features.layer": 1, "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
+    "codebook.max_train_frames": 1, "train_encoder.steps": 1, "train_encoder.batch_size": 1,
+    "train_encoder.validate_every": 1, "train_encoder.checkpoint_every": 1, "train_encoder.weight_decay": 0,
+    "train_encoder.validation_fraction": 0, "train_encoder.model.channels": 1, "train_encoder.model.code_dim": 1,
+    "train_encoder.model.decoder_channels": 1, "train_encoder.quantizer.codebook_size": 1,
+    "train_encoder.quantizer.num_codebooks": 1, "train_encoder.quantizer.dead_code_steps": 0,
+    "evaluate.alignment_tolerance_frames": 0, "evaluate.resynthesize": 0,
+}  # fmt: skip
+OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
+
+
+def _value(config: RunConfig, key: str):
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_config(config: RunConfig) -> None:
-    """Raise ConfigError naming the first key whose value cannot work."""
+    """Raise ConfigError naming the first key whose value cannot work, the value and what is allowed."""
     from .errors import ConfigError
 
-    def value(key: str):
-        node = config
-        for part in key.split("."):
-            node = getattr(node, part)
-        return node
+    for key, choice in CHOICES.items():
+        if _value(config, key) not in choice.values():
+            raise ConfigError(key, _value(config, key), f"choose one of {choice.values()}")
+    unknown = [stage for stage in config.stages if stage not in Stage.values()]
+    if unknown:
+        raise ConfigError("stages", list(config.stages), f"unknown {unknown}; choose from {Stage.values()}")
+    for key in POSITIVE:
+        if not _is_number(_value(config, key)) or not _value(config, key) > 0:
+            raise ConfigError(key, _value(config, key), "must be a number > 0")
+    for key, low in {**AT_LEAST, **OPTIONAL_AT_LEAST}.items():
+        value = _value(config, key)
+        if value is None and key in OPTIONAL_AT_LEAST:
+            continue
+        if not _is_number(value) or value < low:
+            optional = " (or null)" if key in OPTIONAL_AT_LEAST else ""
+            raise ConfigError(key, value, f"must be a number >= {low}{optional}")
+    _check_families(config)
+    _check_combinations(config)
 
-    for key, allowed in CHOICES.items():
-        if value(key) not in allowed:
-            raise ConfigError(key, value(key), f"choose one of {list(allowed)}")
 
-    def at_least(key: str, low, allow_none: bool = False) -> None:
-        v = value(key)
-        if v is None and allow_none:
-            return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
-            raise ConfigError(key, v, f"must be a number >= {low}" + (" (or null)" if allow_none else ""))
+def _check_families(config: RunConfig) -> None:
+    """Names of swappable parts against their registries (imported here: the registries import the library)."""
+    from .encoder.quantizers import QUANTIZERS
+    from .features import FEATURES
+    from .features.ssl import SSL_MODELS
+    from .units import UNIT_KINDS
 
-    def positive(key: str) -> None:
-        v = value(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ConfigError(key, v, "must be a number > 0")
+    FEATURES.check(config.features.name)
+    SSL_MODELS.check(config.features.ssl_model)
+    UNIT_KINDS.check(config.codebook.name)
+    QUANTIZERS.check(config.train_encoder.quantizer.name)
 
-    for key in (
-        "data.alignment_rate_hz",
-        "data.batch_seconds",
-        "data.part_mb",
-        "features.sample_rate",
-        "features.frame_length_ms",
-        "features.frame_shift_ms",
-        "features.chunk_s",
-        "train_encoder.segment_s",
-        "train_encoder.learning_rate",
-        "train_encoder.grad_clip",
-        "train_encoder.max_train_seconds",
-    ):
-        positive(key)
-    for key, low in (
-        ("data.num_workers", 0),
-        ("data.num_shards", 1),
-        ("features.num_ceps", 1),
-        ("features.num_mel_bins", 1),
-        ("features.layer", 1),
-        ("codebook.codebook_size", 1),
-        ("codebook.max_iter", 1),
-        ("codebook.n_init", 1),
-        ("codebook.max_train_frames", 1),
-        ("train_encoder.steps", 1),
-        ("train_encoder.batch_size", 1),
-        ("train_encoder.validate_every", 1),
-        ("train_encoder.checkpoint_every", 1),
-        ("train_encoder.weight_decay", 0),
-        ("train_encoder.validation_fraction", 0),
-        ("train_encoder.model.channels", 1),
-        ("train_encoder.model.code_dim", 1),
-        ("train_encoder.model.decoder_channels", 1),
-        ("train_encoder.quantizer.codebook_size", 1),
-        ("train_encoder.quantizer.num_codebooks", 1),
-        ("train_encoder.quantizer.dead_code_steps", 0),
-        ("evaluate.alignment_tolerance_frames", 0),
-        ("evaluate.resynthesize", 0),
-    ):
-        at_least(key, low)
-    for key in ("codebook.chunk_size", "quantize.chunk_size"):
-        at_least(key, 1, allow_none=True)
-    d, t = config.data, config.train_encoder
+
+def _check_combinations(config: RunConfig) -> None:
+    from .errors import ConfigError
+    from .units import UNIT_KINDS
+
+    d, f, t = config.data, config.features, config.train_encoder
     if not 0 <= d.shard_index < d.num_shards:
-        raise ConfigError("data.shard_index", d.shard_index, f"must be in 0..{d.num_shards - 1}")
-    if config.features.name in ("mfcc_hubert", "mfcc") and config.features.num_ceps > config.features.num_mel_bins:
-        raise ConfigError("features.num_ceps", config.features.num_ceps, "must not exceed features.num_mel_bins")
+        raise ConfigError("data.shard_index", d.shard_index, f"must be in 0..{d.num_shards - 1} (data.num_shards)")
+    required = UNIT_KINDS.get(config.codebook.name).required_features
+    if required and f.name != required:
+        raise ConfigError("codebook.name", config.codebook.name, f"works on features={required}, not {f.name}")
+    if "merge" in config.stages and not config.merge.inputs:
+        raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     if not t.validation_fraction < 1:
         raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
     if not 0 < t.quantizer.ema_decay < 1:
         raise ConfigError("train_encoder.quantizer.ema_decay", t.quantizer.ema_decay, "must be in (0, 1)")
-    if len(t.quantizer.gumbel_temperature) != 2 or min(t.quantizer.gumbel_temperature) <= 0:
-        raise ConfigError(
-            "train_encoder.quantizer.gumbel_temperature",
-            t.quantizer.gumbel_temperature,
-            "must be [start, end], both > 0",
-        )
+    temperature = list(t.quantizer.gumbel_temperature)
+    if len(temperature) != 2 or not all(_is_number(v) and v > 0 for v in temperature):
+        raise ConfigError("train_encoder.quantizer.gumbel_temperature", temperature, "must be [start, end], both > 0")
     m = t.model
-    if not m.kernels or len(m.kernels) != len(m.strides) or min(m.kernels + m.strides) < 1:
-        raise ConfigError("train_encoder.model.kernels", m.kernels, "kernels and strides: same length, all >= 1")
+    if not m.kernels or len(m.kernels) != len(m.strides) or min(list(m.kernels) + list(m.strides)) < 1:
+        raise ConfigError("train_encoder.model.kernels", list(m.kernels), "kernels and strides: same length, >= 1")

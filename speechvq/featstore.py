@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import MissingArtifactError
-from .io import write_bytes, write_json
+from .fileio import write_bytes, write_json
 from .types import FeatureMatrix
 
 INDEX_FILE = "index.json"

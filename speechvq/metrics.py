@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .io import deduplicate_rows
+from .fileio import deduplicate_rows
 
 
 def unit_distribution(counts: torch.Tensor) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .io import write_bytes
+from .fileio import write_bytes
 
 
 def plot_codebook_usage(counts: torch.Tensor, path: Path, title: str) -> None:
@@ -26,6 +26,31 @@ def plot_codebook_usage(counts: torch.Tensor, path: Path, title: str) -> None:
     ax.set_ylabel("share of frames")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def loss_curve_png(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
+    axes[0].plot(steps, [h["reconstruction"] for h in history], lw=0.8, label="train log-mel L1")
+    val = [(h["step"], h["val_reconstruction"]) for h in history if "val_reconstruction" in h]
+    if val:
+        axes[0].plot(*zip(*val), "o-", ms=3, label="validation log-mel L1")
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(steps, [h["perplexity"] for h in history], lw=0.8, color="#2a9d8f")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("code perplexity")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -10,9 +10,21 @@ import torch.nn.functional as F
 import torchaudio
 from torchaudio.compliance import kaldi
 
-from .learned.model import LOGMEL_BINS, reference_logmel
+from .features.kaldi_batched import cepstral_lifter
+from .registry import Registry
 
-__all__ = ["build_reconstructor", "logmel_distances", "mel_cepstral_distortion", "griffin_lim", "reference_logmel"]
+__all__ = ["build_inversion", "logmel_distances", "mel_cepstral_distortion", "griffin_lim", "reference_logmel"]
+
+LOGMEL_BINS = 80
+LOGMEL_RATE_HZ = 100.0
+
+
+def reference_logmel(samples: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """The reconstruction target shared by every method: Kaldi 80-bin log-mel, 25/10 ms, (num_frames, 80)."""
+    if samples.numel() < round(0.025 * sample_rate):
+        return samples.new_zeros((0, LOGMEL_BINS))
+    return kaldi.fbank(samples.view(1, -1), sample_frequency=sample_rate, num_mel_bins=LOGMEL_BINS)
+
 
 _PADDED_WINDOW = 512  # Kaldi pads a 400-sample window to the next power of two
 
@@ -37,33 +49,81 @@ def _remap_bins(logmel: torch.Tensor, from_bins: int, sample_rate: int) -> torch
     return interpolated + dst_banks.sum(1).log()
 
 
-def _kaldi_mfcc_to_logmel(cepstra: torch.Tensor, num_mel_bins: int, lifter: float = 22.0) -> torch.Tensor:
+def _kaldi_mfcc_to_logmel(cepstra: torch.Tensor, num_mel_bins: int) -> torch.Tensor:
     """Undo Kaldi's cepstral lifter and truncated orthonormal DCT: the smoothed log-mel the cepstra describe."""
     num_ceps = cepstra.shape[1]
     dct = torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps]
-    lifter_coeffs = 1.0 + 0.5 * lifter * torch.sin(math.pi * torch.arange(num_ceps) / lifter)
-    return (cepstra / lifter_coeffs) @ dct.T
+    return (cepstra / cepstral_lifter(num_ceps)) @ dct.T
 
 
-def build_reconstructor(feature_config: dict, decoder=None):
-    """A function raw feature frames (num_frames, dim) -> log-mel (num_logmel_frames, 80), or None where the
-    features cannot be inverted (librosa-style mfcc, ssl)."""
-    name, rate = feature_config["name"], feature_config["sample_rate"]
-    if name == "mfcc_hubert":
-        ceps, bins = feature_config["num_ceps"], feature_config["num_mel_bins"]
-        return lambda frames: _remap_bins(_kaldi_mfcc_to_logmel(frames[:, :ceps].cpu(), bins), bins, rate)
-    if name == "fbank" and feature_config.get("normalize") != "utterance":
-        return lambda frames: _remap_bins(frames.cpu(), feature_config["num_mel_bins"], rate)
-    if name == "conv_encoder" and decoder is not None:
+class Inversion:
+    """Raw feature frames (num_frames, dim) -> log-mel (num_logmel_frames, 80) for one feature family; `create`
+    returns None where a configuration of the family cannot be inverted."""
 
-        @torch.inference_mode()
-        def decode(frames: torch.Tensor) -> torch.Tensor:
-            decoder.cpu()
-            target_frames = 2 * frames.shape[0] + 1  # decoder output at 100 Hz, cropped to the reference later
-            return decoder(frames.cpu().unsqueeze(0), target_frames)[0].float()
+    @classmethod
+    def create(cls, feature_config: dict) -> Inversion | None:
+        return cls(feature_config)
 
-        return decode
-    return None
+    def __init__(self, feature_config: dict):
+        self.feature_config = feature_config
+        self.rate = feature_config["sample_rate"]
+
+    def logmel(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mcd(self, frames: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor | None:
+        """Per-frame mel-cepstral distortion (dB) where the features are cepstra; None elsewhere."""
+        return None
+
+
+class KaldiMFCCInversion(Inversion):
+    """Inverse DCT of the static cepstra (lifter undone), remapped from num_mel_bins to 80 bands."""
+
+    def logmel(self, frames: torch.Tensor) -> torch.Tensor:
+        ceps, bins = self.feature_config["num_ceps"], self.feature_config["num_mel_bins"]
+        return _remap_bins(_kaldi_mfcc_to_logmel(frames[:, :ceps].cpu(), bins), bins, self.rate)
+
+    def mcd(self, frames: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        ceps, bins = self.feature_config["num_ceps"], self.feature_config["num_mel_bins"]
+        return mel_cepstral_distortion(frames[:, :ceps], estimate[:, :ceps], bins)
+
+
+class FbankInversion(Inversion):
+    """The log-mel itself, remapped to 80 bands; per-utterance CMVN cannot be undone."""
+
+    @classmethod
+    def create(cls, feature_config: dict) -> Inversion | None:
+        return None if feature_config.get("normalize") == "utterance" else cls(feature_config)
+
+    def logmel(self, frames: torch.Tensor) -> torch.Tensor:
+        return _remap_bins(frames.cpu(), self.feature_config["num_mel_bins"], self.rate)
+
+
+class DecoderInversion(Inversion):
+    """The trained encoder's own log-mel decoder (features=encoder)."""
+
+    def __init__(self, feature_config: dict):
+        from .encoder.checkpoint import load_encoder
+
+        super().__init__(feature_config)
+        self.decoder = load_encoder(feature_config["checkpoint"])[0].decoder.cpu()
+
+    @torch.inference_mode()
+    def logmel(self, frames: torch.Tensor) -> torch.Tensor:
+        target_frames = 2 * frames.shape[0] + 1  # decoder output at 100 Hz, cropped to the reference later
+        return self.decoder(frames.cpu().unsqueeze(0), target_frames)[0].float()
+
+
+INVERSIONS = Registry("features.name")  # feature families whose frames can be turned back into a log-mel
+INVERSIONS.register("mfcc_hubert", "speechvq.reconstruct:KaldiMFCCInversion")
+INVERSIONS.register("fbank", "speechvq.reconstruct:FbankInversion")
+INVERSIONS.register("encoder", "speechvq.reconstruct:DecoderInversion")
+
+
+def build_inversion(feature_config: dict) -> Inversion | None:
+    """The inversion of the feature family, or None where none is defined (librosa-style mfcc, ssl)."""
+    family = INVERSIONS.find(feature_config["name"])
+    return family.create(feature_config) if family else None
 
 
 def logmel_distances(reference: torch.Tensor, estimate: torch.Tensor) -> dict[str, float]:
@@ -81,16 +141,12 @@ def logmel_distances(reference: torch.Tensor, estimate: torch.Tensor) -> dict[st
     }
 
 
-def mel_cepstral_distortion(
-    cepstra: torch.Tensor, estimate: torch.Tensor, num_mel_bins: int, lifter: float = 22.0
-) -> torch.Tensor:
+def mel_cepstral_distortion(cepstra: torch.Tensor, estimate: torch.Tensor, num_mel_bins: int) -> torch.Tensor:
     """Per-frame MCD in dB, (10 / ln 10) sqrt(2 sum_{d>=1} (c_d - c^_d)^2), excluding c0 (level), between
     Kaldi MFCCs. They are first brought to the usual mel-cepstrum convention: Kaldi's lifter undone, and its
     orthonormal DCT of log *power* turned into c_d = (2/N) sum_n (1/2 log E_n) cos(...) of log *amplitude*,
     which is the Kaldi coefficient divided by sqrt(2N)."""
-    num_ceps = cepstra.shape[1]
-    lifter_coeffs = 1.0 + 0.5 * lifter * torch.sin(math.pi * torch.arange(num_ceps) / lifter)
-    scale = lifter_coeffs * math.sqrt(2 * num_mel_bins)
+    scale = cepstral_lifter(cepstra.shape[1]) * math.sqrt(2 * num_mel_bins)
     diff = ((cepstra.cpu() - estimate.cpu()) / scale)[:, 1:].double()
     return (10.0 / math.log(10.0)) * (2.0 * diff.square().sum(1)).sqrt()
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .artifacts import RunResult
 
-
-def format_report(result: RunResult) -> str:
+def format_report(result) -> str:
+    """result: a pipeline.RunSummary."""
     rows: list[tuple[str, str]] = [("run folder", str(result.run_dir))]
     for stage, seconds in result.stage_seconds.items():
         rows.append((f"time {stage}", f"{seconds:.1f} s"))

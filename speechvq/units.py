@@ -1,5 +1,6 @@
-"""What turns frames into units, behind one interface: a k-means Codebook, or the quantizer of a trained
-VQ-VAE (one or several codebooks). quantize and evaluate only talk to this."""
+"""What turns frames into units, behind one interface: a k-means Codebook, or the quantizer of the trained
+encoder (one or several codebooks). quantize and evaluate only talk to this. The kinds are registered in
+UNIT_KINDS under the names `codebook.name` takes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ from pathlib import Path
 import torch
 
 from .codebook import Codebook, load_codebook
+from .config import CodebookConfig, QuantizeConfig
 from .errors import CodebookMismatchError
 from .quantize import nearest_codewords
+from .registry import Registry
+from .run_folder import RunFolder
 
 
 class KMeansUnits:
     num_codebooks = 1
+    trains_codebook = True  # the train stage runs k-means for it
+    required_features = None  # any feature family
+
+    @classmethod
+    def load(cls, codebook: CodebookConfig, quantize: QuantizeConfig, folder: RunFolder) -> KMeansUnits:
+        """codebook.path, or the run's own codebook."""
+        path = Path(codebook.path) if codebook.path else folder.require(folder.codebook, "quantize")
+        return cls(load_codebook(path), quantize.chunk_size, quantize.precision)
 
     def __init__(self, codebook: Codebook, chunk_size: int | None = None, precision: str = "exact"):
         self.codebook, self.chunk_size, self.precision = codebook, chunk_size, precision
@@ -48,8 +60,20 @@ class KMeansUnits:
         return frames * self.codebook.feature_std + self.codebook.feature_mean
 
 
-class LearnedUnits:
-    """The train_encoder model's own quantizer, applied to its encoder's frames (features=conv_encoder)."""
+class EncoderUnits:
+    """The train_encoder model's own quantizer, applied to its encoder's frames (features=encoder)."""
+
+    trains_codebook = False  # its codebooks were trained with the encoder
+    required_features = "encoder"
+
+    @classmethod
+    def load(cls, codebook: CodebookConfig, quantize: QuantizeConfig, folder: RunFolder) -> EncoderUnits:
+        """The model of codebook.path (a run folder or model file), or the run's own."""
+        from .encoder.checkpoint import load_encoder
+
+        path = Path(codebook.path) if codebook.path else folder.require(folder.encoder_dir, "quantize")
+        model, meta = load_encoder(path)
+        return cls(model, meta)
 
     def __init__(self, model, meta: dict):
         self.model, self.meta = model, meta
@@ -58,13 +82,11 @@ class LearnedUnits:
         self.codebook_size = self.quantizer.codebook_size
         self.num_codebooks = self.quantizer.num_codebooks
         self.kind = meta["train_encoder"]["quantizer"]["name"]
-        self.feature_config = None  # any conv_encoder features of this very model
+        self.feature_config = None  # any encoder features of this very model
 
     def check_compatible(self, feature_config: dict, dim: int) -> None:
-        if feature_config.get("name") != "conv_encoder":
-            raise CodebookMismatchError(
-                "feature config", {"name": "conv_encoder"}, {"name": feature_config.get("name")}
-            )
+        if feature_config.get("name") != "encoder":
+            raise CodebookMismatchError("feature config", {"name": "encoder"}, {"name": feature_config.get("name")})
         if feature_config.get("model_fingerprint") != self.fingerprint:
             raise CodebookMismatchError("encoder model", self.fingerprint, feature_config.get("model_fingerprint"))
 
@@ -86,15 +108,11 @@ class LearnedUnits:
         return frames
 
 
-def load_unit_model(
-    name: str, path: str | Path | None, run_dir: Path, chunk_size: int | None = None, precision: str = "exact"
-):
-    """codebook.name=kmeans: a Codebook (codebook.path or the run's own); learned: the run's (or path's) VQ-VAE."""
-    if name == "learned":
-        from .learned.train import load_vqvae
+UNIT_KINDS = Registry("codebook.name")
+UNIT_KINDS.register("kmeans", "speechvq.units:KMeansUnits")
+UNIT_KINDS.register("encoder", "speechvq.units:EncoderUnits")
 
-        model, meta = load_vqvae(path or run_dir)
-        return LearnedUnits(model, meta)
-    from .codebook.codebook import CODEBOOK_FILE
 
-    return KMeansUnits(load_codebook(path or run_dir / CODEBOOK_FILE), chunk_size, precision)
+def load_unit_model(codebook: CodebookConfig, quantize: QuantizeConfig, folder: RunFolder):
+    """The unit model `codebook.name` names, loaded for quantize / evaluate."""
+    return UNIT_KINDS.get(codebook.name).load(codebook, quantize, folder)

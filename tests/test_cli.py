@@ -81,8 +81,12 @@ def compose_config(overrides):
     return OmegaConf.to_object(cfg)
 
 
-MANDATORY = {("data", "folder"): ["data.path=x"], ("features", "ssl"): ["features.checkpoint=x.safetensors"]}
-NEEDS_WEIGHTS = {"conv_encoder", "ssl"}  # built in their own tests, from real weight files
+MANDATORY = {
+    ("data", "folder"): ["data.path=x"],
+    ("features", "ssl"): ["features.checkpoint=x.safetensors"],
+    ("codebook", "encoder"): ["features=encoder"],  # the encoder's own quantizer works on its own features
+}
+NEEDS_WEIGHTS = {"encoder", "ssl"}  # built in their own tests, from real weight files
 
 
 @pytest.mark.parametrize(

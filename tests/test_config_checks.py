@@ -7,8 +7,8 @@ import torch
 
 from speechvq import pipeline
 from speechvq.config import CodebookConfig, DataConfig, RunConfig, TrainEncoderConfig, check_config
+from speechvq.encoder.train import train_encoder_model
 from speechvq.errors import ConfigError
-from speechvq.learned.train import train_vqvae
 
 
 def base(dataset) -> RunConfig:
@@ -99,9 +99,9 @@ def test_defaults_and_boundary_values_pass(dataset):
 
 
 @pytest.mark.parametrize("key", ["steps", "batch_size"])
-def test_train_vqvae_refuses_zero_steps_or_batch(tmp_path, key):
+def test_train_encoder_model_refuses_zero_steps_or_batch(tmp_path, key):
     waves = [torch.zeros(16000), torch.zeros(16000)]
     config = dataclasses.replace(TrainEncoderConfig(), **{key: 0})
     with pytest.raises(ConfigError, match=f"train_encoder.{key}"):
-        train_vqvae(config, waves, tmp_path / "encoder", torch.device("cpu"), seed=0)
+        train_encoder_model(config, waves, tmp_path / "encoder", torch.device("cpu"), seed=0)
     assert not (tmp_path / "encoder" / "model.safetensors").exists()  # no untrained model posing as trained

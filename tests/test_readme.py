@@ -26,7 +26,7 @@ SPECIAL = [
     ("/corpora/", "substitute"),
     ("compare_quantizers.py", "skip: a 25-minute benchmark of seven trainings (run by hand; README table)"),
     (
-        "experiment=conv_vq_demo",
+        "experiment=encoder_demo",
         "append: train_encoder.steps=20 train_encoder.checkpoint_every=10 train_encoder.validate_every=10",
     ),
 ]

@@ -22,7 +22,7 @@ from speechvq.config import (
     RunConfig,
     TrainEncoderConfig,
 )
-from speechvq.learned.checkpoint import optimizer_tensors, restore_optimizer
+from speechvq.encoder.checkpoint import optimizer_tensors, restore_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = EncoderModelConfig(channels=8, code_dim=8, decoder_channels=8)
@@ -31,8 +31,8 @@ TINY_MODEL = EncoderModelConfig(channels=8, code_dim=8, decoder_channels=8)
 def tiny_config(path, quantizer: QuantizerConfig, steps=6) -> RunConfig:
     return RunConfig(
         data=DataConfig(path=str(path), alignments=None, num_workers=0),
-        features=FeatureConfig(name="conv_encoder"),
-        codebook=CodebookConfig(name="learned"),
+        features=FeatureConfig(name="encoder"),
+        codebook=CodebookConfig(name="encoder"),
         train_encoder=TrainEncoderConfig(
             model=TINY_MODEL,
             quantizer=quantizer,
@@ -106,7 +106,7 @@ def _cli(run_dir, dataset, steps):
         sys.executable,
         "-m",
         "speechvq.run",
-        "experiment=conv_vq_demo",
+        "experiment=encoder_demo",
         f"data.path={dataset}",
         "data.alignments=null",
         "data.num_workers=0",

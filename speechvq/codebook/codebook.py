@@ -13,10 +13,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from ..errors import CodebookFileError, CodebookMismatchError
-from ..io import write_bytes, write_json
+from ..fileio import write_bytes, write_json
+from ..run_folder import RunFolder
 
 FORMAT_VERSION = 1
-CODEBOOK_FILE = "codebook.safetensors"
+CODEBOOK_FILE = RunFolder.CODEBOOK
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,13 @@
-"""Feature extractors: waveform (num_samples,) -> frames (num_frames, dim)."""
+"""Feature extractors: waveform (num_samples,) -> frames (num_frames, dim). One registration line per family."""
 
+from ..registry import Registry
 from .base import FeatureExtractor, build_extractor, normalize_utterance
 
-__all__ = ["FeatureExtractor", "build_extractor", "normalize_utterance"]
+FEATURES = Registry("features.name")
+FEATURES.register("mfcc_hubert", "speechvq.features.mfcc:KaldiMFCCExtractor")
+FEATURES.register("mfcc", "speechvq.features.mfcc:LibrosaMFCCExtractor")
+FEATURES.register("fbank", "speechvq.features.mfcc:FbankExtractor")
+FEATURES.register("encoder", "speechvq.features.encoder:EncoderExtractor")
+FEATURES.register("ssl", "speechvq.features.ssl:SSLExtractor")
+
+__all__ = ["FEATURES", "FeatureExtractor", "build_extractor", "normalize_utterance"]

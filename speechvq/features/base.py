@@ -5,7 +5,6 @@ from typing import Protocol
 import torch
 
 from ..config import FeatureConfig
-from ..errors import ConfigError
 
 
 class FeatureExtractor(Protocol):
@@ -25,24 +24,16 @@ class FeatureExtractor(Protocol):
     def describe(self) -> dict:
         """What decides the features: the config, plus the weights' fingerprint for learned extractors."""
 
+    # Family traits, read by the pipeline instead of the family's name:
+    needs_weights: bool  # built from a checkpoint: not built at start-up, only when the data is first seen
+    checkpoint_defaults_to_run: bool  # no features.checkpoint = the model the run's train_encoder stage makes
+
 
 def build_extractor(config: FeatureConfig) -> FeatureExtractor:
-    from .conv import ConvEncoderExtractor
-    from .mfcc import FbankExtractor, KaldiMFCCExtractor, LibrosaMFCCExtractor
-    from .ssl import SSLExtractor
+    """The extractor of the family config.name names (see FEATURES in speechvq.features)."""
+    from . import FEATURES
 
-    families = {
-        "mfcc_hubert": KaldiMFCCExtractor,
-        "mfcc": LibrosaMFCCExtractor,
-        "fbank": FbankExtractor,
-        "conv_encoder": ConvEncoderExtractor,
-        "ssl": SSLExtractor,
-    }
-    if config.name not in families:
-        raise ConfigError("features.name", config.name, f"choose one of {sorted(families)}")
-    if config.normalize not in ("none", "utterance", "global"):
-        raise ConfigError("features.normalize", config.normalize, "choose none, utterance or global")
-    return families[config.name](config)
+    return FEATURES.get(config.name)(config)
 
 
 def normalize_utterance(frames: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -25,9 +25,14 @@ def _constants(sample_rate: int, window: int, num_mel_bins: int, num_ceps: int, 
     banks, _ = kaldi.get_mel_banks(num_mel_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
     banks = torch.nn.functional.pad(banks.float(), (0, 1))  # (bins, padded // 2 + 1)
     dct = torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps] if num_ceps else None
-    lifter = 1.0 + 0.5 * LIFTER * torch.sin(math.pi * torch.arange(num_ceps) / LIFTER) if num_ceps else None
+    lifter = cepstral_lifter(num_ceps) if num_ceps else None
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return padded, move(povey), move(banks.T.contiguous()), move(dct), move(lifter)
+
+
+def cepstral_lifter(num_ceps: int, lifter: float = LIFTER) -> torch.Tensor:
+    """Kaldi's cepstral lifter weights 1 + L/2 sin(pi n / L), n = 0 .. num_ceps - 1 (float32)."""
+    return 1.0 + 0.5 * lifter * torch.sin(math.pi * torch.arange(num_ceps) / lifter)
 
 
 def frame_counts(lengths: list[int], window: int, hop: int) -> list[int]:

@@ -10,12 +10,16 @@ import torch
 import torchaudio
 
 from ..config import FeatureConfig
+from ..errors import ConfigError
 from . import kaldi_batched
 from .base import normalize_utterance
 
 
 class _FrameExtractor:
     """Shared frame arithmetic, delta stacking and per-utterance normalization."""
+
+    needs_weights = False
+    checkpoint_defaults_to_run = False
 
     def __init__(self, config: FeatureConfig, static_dim: int, deltas: bool):
         self.config = config
@@ -50,6 +54,13 @@ class _FrameExtractor:
     def num_frames(self, num_samples: int) -> int:
         # Kaldi's snip_edges=True: only whole windows.
         return 0 if num_samples < self.window else 1 + (num_samples - self.window) // self.hop
+
+
+def _check_cepstra(config: FeatureConfig) -> None:
+    if config.num_ceps > config.num_mel_bins:
+        raise ConfigError(
+            "features.num_ceps", config.num_ceps, f"must not exceed features.num_mel_bins={config.num_mel_bins}"
+        )
 
 
 def _with_deltas(frames: torch.Tensor) -> torch.Tensor:
@@ -114,6 +125,7 @@ class KaldiMFCCExtractor(_KaldiBatched):
     """fairseq's HuBERT recipe: Kaldi MFCC (no energy) + deltas + delta-deltas."""
 
     def __init__(self, config: FeatureConfig):
+        _check_cepstra(config)
         super().__init__(config, config.num_ceps, config.deltas)
 
     def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
@@ -135,6 +147,7 @@ class LibrosaMFCCExtractor(_FrameExtractor):
     librosa.feature.mfcc(y, sr, n_mfcc, n_fft=window, hop_length, n_mels)."""
 
     def __init__(self, config: FeatureConfig):
+        _check_cepstra(config)
         super().__init__(config, config.num_ceps, config.deltas)
         self.transform = torchaudio.transforms.MFCC(
             sample_rate=config.sample_rate,

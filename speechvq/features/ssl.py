@@ -10,26 +10,21 @@ import hashlib
 from pathlib import Path
 
 import torch
-import torchaudio
 from safetensors.torch import load_file
 
 from ..config import FeatureConfig
 from ..errors import ConfigError
+from ..registry import Registry
 
-MODELS = {
-    "hubert_base": torchaudio.models.hubert_base,
-    "hubert_large": torchaudio.models.hubert_large,
-    "wav2vec2_base": torchaudio.models.wav2vec2_base,
-    "wav2vec2_large": torchaudio.models.wav2vec2_large,
-}
+SSL_MODELS = Registry("features.ssl_model")  # architectures built by torchaudio.models
+for _name in ("hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large"):
+    SSL_MODELS.register(_name, f"torchaudio.models:{_name}")
 CONTEXT_S = 1.0
 
 
 def load_ssl_model(name: str, checkpoint: str | Path) -> torch.nn.Module:
     """A torchaudio model with weights from a .safetensors state dict, or a torchaudio state dict saved with
     torch.save (read with weights_only=True, which refuses arbitrary pickled objects)."""
-    if name not in MODELS:
-        raise ConfigError("features.ssl_model", name, f"choose one of {sorted(MODELS)}")
     path = Path(checkpoint)
     if not path.exists():
         raise ConfigError("features.checkpoint", str(path), "file does not exist (nothing is downloaded)")
@@ -38,12 +33,15 @@ def load_ssl_model(name: str, checkpoint: str | Path) -> torch.nn.Module:
         if path.suffix == ".safetensors"
         else torch.load(path, weights_only=True, map_location="cpu")
     )
-    model = MODELS[name]()
+    model = SSL_MODELS.get(name)()
     model.load_state_dict(state)
     return model.eval()
 
 
 class SSLExtractor:
+    needs_weights = True
+    checkpoint_defaults_to_run = False
+
     def __init__(self, config: FeatureConfig):
         if not config.checkpoint:
             raise ConfigError("features.checkpoint", None, "features=ssl needs local weights (features.checkpoint)")

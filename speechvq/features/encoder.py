@@ -9,19 +9,22 @@ from ..config import FeatureConfig
 from ..errors import ConfigError
 
 
-class ConvEncoderExtractor:
+class EncoderExtractor:
+    needs_weights = True
+    checkpoint_defaults_to_run = True
+
     def __init__(self, config: FeatureConfig):
-        from ..learned.train import load_vqvae
+        from ..encoder.checkpoint import load_encoder
 
         if not config.checkpoint:
             raise ConfigError(
                 "features.checkpoint",
                 None,
-                "features=conv_encoder needs a trained model: a run "
+                "features=encoder needs a trained model: a run "
                 "folder with encoder/model.safetensors, or the file itself",
             )
         self.config = config
-        self.model, self.meta = load_vqvae(config.checkpoint)
+        self.model, self.meta = load_encoder(config.checkpoint)
         if self.meta["sample_rate"] != config.sample_rate:
             raise ConfigError(
                 "features.sample_rate", config.sample_rate, f"the encoder was trained at {self.meta['sample_rate']} Hz"

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..codebook.kmeans import kmeans
 from ..quantize import nearest_codewords
+from ..registry import Registry
 
 
 @dataclass
@@ -56,6 +57,10 @@ class VectorQuantizerEMA(nn.Module):
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
 
     num_codebooks = 1
+
+    @classmethod
+    def from_config(cls, config, dim: int) -> VectorQuantizerEMA:
+        return cls(dim, config.codebook_size, **_vq_options(config))
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., dim) -> indices (...,) of the nearest codeword."""
@@ -130,6 +135,10 @@ class ResidualVQ(nn.Module):
         self.stages = nn.ModuleList(VectorQuantizerEMA(dim, codebook_size, **vq_kwargs) for _ in range(num_stages))
         self.active_stages = num_stages  # set lower at inference for a lower bitrate
 
+    @classmethod
+    def from_config(cls, config, dim: int) -> ResidualVQ:
+        return cls(dim, config.codebook_size, config.num_codebooks, config.quantizer_dropout, **_vq_options(config))
+
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         residual, out = z, []
         for stage in self.stages[: self.active_stages]:
@@ -177,6 +186,10 @@ class ProductVQ(nn.Module):
             VectorQuantizerEMA(dim // num_groups, codebook_size, **vq_kwargs) for _ in range(num_groups)
         )
 
+    @classmethod
+    def from_config(cls, config, dim: int) -> ProductVQ:
+        return cls(dim, config.codebook_size, config.num_codebooks, **_vq_options(config))
+
     def _slices(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return z.chunk(self.num_codebooks, dim=-1)
 
@@ -214,6 +227,12 @@ class GumbelVQ(nn.Module):
         self.diversity_weight, self.temperature = diversity_weight, temperature
         self.logits = nn.Linear(dim, num_groups * codebook_size)
         self.entries = nn.Parameter(torch.randn(num_groups, codebook_size, dim // num_groups) * 0.1)
+
+    @classmethod
+    def from_config(cls, config, dim: int) -> GumbelVQ:
+        return cls(
+            dim, config.codebook_size, config.num_codebooks, config.diversity_weight, config.gumbel_temperature[0]
+        )
 
     def _group_logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(z).view(*z.shape[:-1], self.num_codebooks, self.codebook_size)
@@ -255,24 +274,22 @@ class GumbelVQ(nn.Module):
         return QuantizerOutput(quantized, indices, self.diversity_weight * diversity, stats)
 
 
-def build_quantizer(config, dim: int) -> nn.Module:
-    """config: QuantizerConfig."""
-    vq = {
+def _vq_options(config) -> dict:
+    return {
         "decay": config.ema_decay,
         "commitment": config.commitment,
         "dead_code_steps": config.dead_code_steps,
         "kmeans_init": config.kmeans_init,
     }
-    if config.name == "vq_ema":
-        return VectorQuantizerEMA(dim, config.codebook_size, **vq)
-    if config.name == "residual":
-        return ResidualVQ(dim, config.codebook_size, config.num_codebooks, config.quantizer_dropout, **vq)
-    if config.name == "product":
-        return ProductVQ(dim, config.codebook_size, config.num_codebooks, **vq)
-    if config.name == "gumbel":
-        return GumbelVQ(
-            dim, config.codebook_size, config.num_codebooks, config.diversity_weight, config.gumbel_temperature[0]
-        )
-    from ..errors import ConfigError
 
-    raise ConfigError("train_encoder.quantizer.name", config.name, "choose vq_ema, gumbel, residual or product")
+
+QUANTIZERS = Registry("train_encoder.quantizer.name")
+QUANTIZERS.register("vq_ema", "speechvq.encoder.quantizers:VectorQuantizerEMA")
+QUANTIZERS.register("residual", "speechvq.encoder.quantizers:ResidualVQ")
+QUANTIZERS.register("product", "speechvq.encoder.quantizers:ProductVQ")
+QUANTIZERS.register("gumbel", "speechvq.encoder.quantizers:GumbelVQ")
+
+
+def build_quantizer(config, dim: int) -> nn.Module:
+    """config: QuantizerConfig; the quantizer its name registers, built by that class's from_config."""
+    return QUANTIZERS.get(config.name).from_config(config, dim)

@@ -7,19 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchaudio.compliance import kaldi
 
+from ..reconstruct import LOGMEL_BINS, LOGMEL_RATE_HZ, reference_logmel
 from .quantizers import QuantizerOutput, build_quantizer
-
-LOGMEL_BINS = 80
-LOGMEL_RATE_HZ = 100.0
-
-
-def reference_logmel(samples: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
-    """The reconstruction target shared by every method: Kaldi 80-bin log-mel, 25/10 ms, (num_frames, 80)."""
-    if samples.numel() < round(0.025 * sample_rate):
-        return samples.new_zeros((0, LOGMEL_BINS))
-    return kaldi.fbank(samples.view(1, -1), sample_frequency=sample_rate, num_mel_bins=LOGMEL_BINS)
 
 
 class ConvEncoder(nn.Module):

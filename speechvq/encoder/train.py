@@ -56,7 +56,7 @@ def config_record(config: TrainEncoderConfig, sample_rate: int) -> dict:
     return {"train_encoder": dataclasses.asdict(config), "sample_rate": sample_rate}
 
 
-def train_vqvae(
+def train_encoder_model(
     config: TrainEncoderConfig,
     waves: list[torch.Tensor],
     out_dir: Path,
@@ -152,50 +152,3 @@ def _save_checkpoint(path, model, optimizer, step, history, record) -> None:
     tensors, groups = optimizer_tensors(optimizer)
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
     save_tensors(path, tensors, {"step": step, "history": history, "config": record, "param_groups": groups})
-
-
-def load_vqvae(path: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
-    """A trained model from model.safetensors (or a run folder holding encoder/model.safetensors)."""
-    from ..config import EncoderModelConfig, QuantizerConfig
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "encoder" / MODEL_FILE if (path / "encoder").is_dir() else path / MODEL_FILE
-    tensors, meta = load_tensors(path)
-    settings = meta["train_encoder"]
-    model = VQVAE(
-        EncoderModelConfig(**settings["model"]), QuantizerConfig(**settings["quantizer"]), meta["sample_rate"]
-    )
-    model.load_state_dict(tensors)
-    if state_fingerprint(tensors) != meta["fingerprint"]:
-        raise ConfigError("checkpoint", str(path), "weights do not match their recorded fingerprint")
-    return model.to(device).eval(), meta
-
-
-def loss_curve_png(history: list[dict], path: Path) -> None:
-    import io as _io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import write_bytes
-
-    steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
-    axes[0].plot(steps, [h["reconstruction"] for h in history], lw=0.8, label="train log-mel L1")
-    val = [(h["step"], h["val_reconstruction"]) for h in history if "val_reconstruction" in h]
-    if val:
-        axes[0].plot(*zip(*val), "o-", ms=3, label="validation log-mel L1")
-    axes[0].set_xlabel("step")
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(steps, [h["perplexity"] for h in history], lw=0.8, color="#2a9d8f")
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("code perplexity")
-    fig.tight_layout()
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())

@@ -10,11 +10,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
-from ..errors import CodebookFileError
-from ..io import write_bytes, write_json
+from ..errors import CodebookFileError, ConfigError
+from ..fileio import write_bytes, write_json
+from ..run_folder import RunFolder
 
-MODEL_FILE = "model.safetensors"
-CHECKPOINT_FILE = "checkpoint.safetensors"
+MODEL_FILE = RunFolder.ENCODER_MODEL
+CHECKPOINT_FILE = RunFolder.ENCODER_CHECKPOINT
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -59,3 +60,23 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
             _, index, key = name.split(".", 2)
             state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A trained model from model.safetensors (or a run folder holding encoder/model.safetensors)."""
+    from ..config import EncoderModelConfig, QuantizerConfig
+    from .model import VQVAE
+
+    path = Path(path)
+    if path.is_dir():  # a run folder, or its encoder folder
+        folder = RunFolder(path)
+        path = folder.encoder_model if folder.encoder_dir.is_dir() else path / MODEL_FILE
+    tensors, meta = load_tensors(path)
+    settings = meta["train_encoder"]
+    model = VQVAE(
+        EncoderModelConfig(**settings["model"]), QuantizerConfig(**settings["quantizer"]), meta["sample_rate"]
+    )
+    model.load_state_dict(tensors)
+    if state_fingerprint(tensors) != meta["fingerprint"]:
+        raise ConfigError("checkpoint", str(path), "weights do not match their recorded fingerprint")
+    return model.to(device).eval(), meta

@@ -1,0 +1,185 @@
+"""The evaluate stage: quantization, usage and bitrate metrics, phone-label scores (PNMI) and log-mel
+reconstruction metrics, from the run folder's features and units."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import fileio
+from ..alignments import read_alignments
+from ..config import CodebookConfig, DataConfig, EvaluateConfig, QuantizeConfig
+from ..data import iter_waveforms
+from ..errors import AlignmentError, ConfigError
+from ..featstore import FeatureStore
+from ..metrics import MetricsAccumulator, phone_unit_scores
+from ..plots import plot_codebook_usage
+from ..reconstruct import build_inversion, griffin_lim, logmel_distances, reference_logmel
+from ..run_folder import RunFolder
+from ..types import FeatureMatrix, Utterance
+from ..units import load_unit_model
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    evaluate: EvaluateConfig,
+    data: DataConfig,
+    codebook: CodebookConfig,
+    quantize: QuantizeConfig,
+    folder: RunFolder,
+    device: torch.device,
+) -> dict:
+    """metrics.json (returned too) and the usage plot."""
+    if evaluate.alignment_tolerance_frames < 0:
+        raise ConfigError("evaluate.alignment_tolerance_frames", evaluate.alignment_tolerance_frames, ">= 0")
+    store = FeatureStore(folder.features_dir)
+    units_model = load_unit_model(codebook, quantize, folder)
+    units_model.check_compatible(store.feature_config, store.dim)
+    meta = folder.read_units_meta()
+    if meta.codebook_fingerprint != units_model.fingerprint:
+        raise ConfigError(
+            "codebook",
+            units_model.fingerprint,
+            f"the units in {folder.root} were made with {meta.codebook_fingerprint}; re-run quantize",
+        )
+    alignments = read_alignments(data.alignments, data.alignment_rate_hz) if data.alignments else {}
+    accumulator = MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz)
+    phones = _PhoneCounts(data.alignment_rate_hz / store.frame_rate_hz, evaluate.alignment_tolerance_frames)
+    recon = _Reconstruction.create(evaluate, data, store, folder, units_model)
+    unit_lines = folder.iter_units(data.split, units_model.num_codebooks)
+    for features in tqdm(
+        store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
+    ):
+        streams = next(unit_lines, [[]] * units_model.num_codebooks)  # a missing line is a mismatch below
+        units = torch.tensor(streams, dtype=torch.long).reshape(len(streams), -1).T  # (frames, num_codebooks)
+        if units.shape[0] != features.num_frames:
+            raise ConfigError("data.split", data.split, f"units do not match the features at {features.utt_id!r}")
+        quantized = units_model.lookup(units)
+        accumulator.add(units_model.normalize(features.frames), quantized, units)
+        if recon:
+            recon.add(features, quantized)
+        if features.utt_id in alignments:
+            phones.add(features.utt_id, units[:, 0], alignments[features.utt_id])
+    if next(unit_lines, None) is not None:
+        raise ConfigError("data.split", data.split, "the unit files hold more utterances than the features")
+    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **accumulator.result()}
+    if recon:
+        metrics["reconstruction"] = recon.summary()
+    if phones.pairs:
+        metrics["alignment"] = phones.scores(units_model.codebook_size)
+    elif alignments:
+        raise AlignmentError(data.alignments, "no utterance id matches the dataset's ids")
+    metrics["counts"] = store.index.get("counts", {})
+    folder.write_metrics(metrics)
+    if evaluate.plot:
+        plot_codebook_usage(
+            accumulator.counts[0],
+            folder.usage_plot,
+            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
+            f"perplexity {metrics['perplexity']:.1f}",
+        )
+    return metrics
+
+
+@dataclass
+class _PhoneCounts:
+    """Frame-level (phone, unit) pairs for HuBERT's PNMI and purities (first stream for multi-codebook units)."""
+
+    ratio: float  # label frames per unit frame
+    tolerance_frames: int
+    phones: dict[str, int] = field(default_factory=dict)
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def add(self, utt_id: str, units: torch.Tensor, labels: list[str]) -> None:
+        """Map each unit frame to the label frame at the same time; trim the small length difference that
+        framing conventions leave, and refuse a larger one (a sign of mismatched files)."""
+        expected = round(len(labels) / self.ratio)
+        if abs(expected - units.numel()) > self.tolerance_frames:
+            raise AlignmentError(
+                utt_id, f"{len(labels)} labels cover {expected} unit frames, but there are {units.numel()}"
+            )
+        label_index = (torch.arange(units.numel()) * self.ratio).long()
+        keep = label_index < len(labels)
+        phone_ids = [self.phones.setdefault(labels[i], len(self.phones)) for i in label_index[keep].tolist()]
+        self.pairs.append((torch.tensor(phone_ids, dtype=torch.long), units[keep]))
+
+    def scores(self, codebook_size: int) -> dict:
+        phone_ids = torch.cat([p for p, _ in self.pairs])
+        unit_ids = torch.cat([u for _, u in self.pairs])
+        counts = torch.zeros(len(self.phones), codebook_size, dtype=torch.long)
+        counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
+        return {
+            "num_utterances": len(self.pairs),
+            "num_frames": int(unit_ids.numel()),
+            "num_phones": len(self.phones),
+            "stream": 0,
+            **phone_unit_scores(counts),
+        }
+
+
+class _Reconstruction:
+    """Log-mel distances between the reference log-mel of the audio and the log-mel rebuilt from the units
+    (and from the unquantized features, to isolate what quantization loses); MCD where the features are
+    cepstra; and the first evaluate.resynthesize utterances written as Griffin-Lim WAVs."""
+
+    def __init__(self, evaluate: EvaluateConfig, folder: RunFolder, units_model, inversion, waveforms):
+        self.evaluate, self.folder, self.units_model, self.inversion = evaluate, folder, units_model, inversion
+        self.waveforms = waveforms
+        self.sums = {"quantized": {}, "unquantized": {}}
+        self.mcd_sum, self.mcd_frames, self.written = 0.0, 0, 0
+
+    @classmethod
+    def create(cls, evaluate: EvaluateConfig, data: DataConfig, store: FeatureStore, folder: RunFolder, units_model):
+        if not evaluate.reconstruction:
+            return None
+        inversion = build_inversion(store.feature_config)
+        if inversion is None:
+            log.info("evaluate: no log-mel reconstruction is defined for %s features", store.feature_config["name"])
+            return None
+        # The audio of the stored utterances, in order, from the run's manifest.
+        root, rows = folder.read_manifest(data.split)
+        listing = [Utterance(e.utt_id, root / rel) for e, (rel, _) in zip(store.utterances, rows, strict=True)]
+        waveforms = iter_waveforms(listing, store.feature_config["sample_rate"], data.num_workers, "raise", [])
+        return cls(evaluate, folder, units_model, inversion, waveforms)
+
+    def add(self, features: FeatureMatrix, quantized: torch.Tensor) -> None:
+        waveform = next(self.waveforms)
+        reference = reference_logmel(waveform.samples, waveform.sample_rate)
+        raw_quantized = self.units_model.denormalize(quantized)
+        estimate = self.inversion.logmel(raw_quantized)
+        for key, rebuilt in (("quantized", estimate), ("unquantized", self.inversion.logmel(features.frames))):
+            for name, value in logmel_distances(reference, rebuilt).items():
+                self.sums[key][name] = self.sums[key].get(name, 0.0) + value
+        mcd = self.inversion.mcd(features.frames, raw_quantized)
+        if mcd is not None:
+            self.mcd_sum += float(mcd.sum())
+            self.mcd_frames += mcd.numel()
+        if self.written < self.evaluate.resynthesize and reference.shape[0] > 0:
+            stem = f"{self.written:03d}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", features.utt_id)[:80]
+            rate = waveform.sample_rate
+            fileio.write_wav(self.folder.resynth_dir / f"{stem}.original.wav", waveform.samples, rate)
+            rebuilt_wave = griffin_lim(estimate[: reference.shape[0]], rate)
+            fileio.write_wav(self.folder.resynth_dir / f"{stem}.units.wav", rebuilt_wave, rate)
+            self.written += 1
+
+    def summary(self) -> dict:
+        def finish(sums):
+            n = max(sums.get("elements", 0), 1)
+            return {
+                "logmel_l1": sums["l1_sum"] / n,
+                "logmel_l2": sums["l2_sum"] / n,
+                "spectral_convergence": math.sqrt(sums["sc_num"] / max(sums["sc_den"], 1e-30)),
+            }
+
+        out = {**finish(self.sums["quantized"]), "unquantized": finish(self.sums["unquantized"])}
+        if self.mcd_frames:
+            out["mcd_db"] = self.mcd_sum / self.mcd_frames
+        if self.written:
+            out["resynthesized"] = self.written
+        return out

@@ -1,0 +1,126 @@
+"""The features stage: decode the (shard of the) dataset and store its feature frames in parts, resumably."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import DataConfig, FeatureConfig
+from ..data import check_files, iter_waveforms
+from ..errors import EmptyDatasetError
+from ..featstore import FeatureStore, FeatureWriter
+from ..features import build_extractor
+from ..manifest import list_utterances, shard
+from ..run_folder import FileCounts, RunFolder
+from ..types import FeatureMatrix, SkippedFile, Utterance
+from .markers import already_done, features_key, mark_done
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Progress:
+    """What the loop has done so far (also what a checkpoint records)."""
+
+    processed: list[Utterance] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)  # at the header check and at decoding
+    checked_skips: int = 0  # how many of `skipped` the header check found (decode-time ones follow)
+
+    def checkpoint_state(self) -> dict:
+        decode_skips = self.skipped[self.checked_skips :]
+        return {
+            # Files consumed from the good list: stored ones plus those that failed to decode.
+            "consumed": len(self.processed) + len(decode_skips),
+            "skipped": [[s.utt_id, str(s.path), s.reason] for s in decode_skips],
+        }
+
+
+def extract_features(
+    data: DataConfig, features: FeatureConfig, overwrite: bool, folder: RunFolder, device: torch.device
+) -> FileCounts:
+    key = features_key(data, features)
+    if already_done(folder, "features", key, overwrite):
+        return FileCounts(**FeatureStore(folder.features_dir).index.get("counts", {}))
+    listing = list_utterances(data.path)
+    utterances = shard(listing, data.num_shards, data.shard_index)
+    good, skipped = check_files(utterances, data.on_error)
+    extractor = build_extractor(features)
+    writer = FeatureWriter(
+        folder.features_dir,
+        extractor.describe(),
+        extractor.dim,
+        extractor.frame_rate_hz,
+        part_bytes=int(data.part_mb * 2**20),
+    )
+    progress = _resume(writer, key, good, skipped)
+    _extract(data, features, extractor, writer, key, good, progress, device)
+    counts = FileCounts(len(utterances), len(progress.processed), len(progress.skipped))
+    _finish(data, folder, writer, listing, progress, counts)
+    mark_done(folder, "features", key)
+    log.info("features: %d processed, %d skipped of %d found", counts.processed, counts.skipped, counts.found)
+    return counts
+
+
+def _resume(writer: FeatureWriter, key: str, good: list[Utterance], skipped: list[SkippedFile]) -> _Progress:
+    state = writer.resume(key) or {"consumed": 0, "skipped": []}
+    if state["consumed"]:
+        log.info(
+            "features: resuming after %d of %d files (%d parts on disk)",
+            state["consumed"],
+            len(good),
+            writer.entries[-1].part + 1 if writer.entries else 0,
+        )
+    by_id = {u.utt_id: u for u in good}
+    progress = _Progress([by_id[entry.utt_id] for entry in writer.entries], list(skipped), len(skipped))
+    progress.skipped += [SkippedFile(utt_id, Path(path), reason) for utt_id, path, reason in state["skipped"]]
+    return progress
+
+
+def _extract(data, features, extractor, writer, key, good, progress: _Progress, device) -> None:
+    consumed = progress.checkpoint_state()["consumed"]
+    by_id = {u.utt_id: u for u in good}
+    waveforms = iter_waveforms(good[consumed:], features.sample_rate, data.num_workers, data.on_error, progress.skipped)
+    batch_samples = data.batch_seconds * features.sample_rate
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(good), initial=consumed, desc="features", unit="utt", disable=None) as bar,
+    ):
+        for batch in _batches(waveforms, batch_samples):
+            for waveform, frames in zip(batch, extractor.extract_batch([w.samples.to(device) for w in batch])):
+                writer.add(FeatureMatrix(waveform.utt_id, frames, extractor.frame_rate_hz))
+                progress.processed.append(by_id[waveform.utt_id])
+            bar.update(len(batch))
+            writer.checkpoint(key, progress.checkpoint_state())
+
+
+def _finish(data, folder: RunFolder, writer, listing, progress: _Progress, counts: FileCounts) -> None:
+    folder.write_errors(progress.skipped)
+    if counts.found and not counts.processed:
+        raise EmptyDatasetError(data.path, f"all {counts.found} files failed (see {folder.errors_tsv.name})")
+    if not counts.found:  # more shards than utterances: an empty shard is valid and merges as nothing
+        log.warning("features: shard %d of %d is empty", data.shard_index, data.num_shards)
+    # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
+    root = Path(os.path.commonpath([u.path.parent for u in listing]))
+    folder.write_manifest(
+        data.split, root, ((u.path.relative_to(root).as_posix(), u.num_samples) for u in progress.processed)
+    )
+    shard_info = {"index": data.shard_index, "num_shards": data.num_shards, "dataset_utterances": len(listing)}
+    writer.close({"counts": counts.to_dict(), "source": str(data.path), "shard": shard_info})
+
+
+def _batches(waveforms, max_samples: float, max_items: int = 512):
+    """Group consecutive waveforms until their total length reaches max_samples."""
+    batch, total = [], 0
+    for waveform in waveforms:
+        batch.append(waveform)
+        total += waveform.samples.numel()
+        if total >= max_samples or len(batch) >= max_items:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
