@@ -234,7 +234,7 @@ def _check_families(config: RunConfig) -> None:
     """Names of swappable parts against their registries (imported here: the registries import the library)."""
     from .encoder.quantizers import QUANTIZERS
     from .features import FEATURES
-    from .features.ssl import SSL_MODELS
+    from .features.ssl_model import SSL_MODELS
     from .units import UNIT_KINDS
 
     FEATURES.check(config.features.name)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .audio import load_waveform, probe
 from .errors import AudioDecodeError
-from .types import SkippedFile, Utterance, Waveform
+from .records import SkippedFile, Utterance, Waveform
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import MissingArtifactError
 from .fileio import write_bytes, write_json
-from .types import FeatureMatrix
+from .records import FeatureMatrix
 
 INDEX_FILE = "index.json"
 PROGRESS_FILE = "progress.json"

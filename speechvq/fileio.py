@@ -93,16 +93,6 @@ def write_wav(path: str | Path, samples: torch.Tensor, sample_rate: int) -> None
     write_bytes(path, buffer.getvalue())
 
 
-def write_km(path: str | Path, sequences: Iterable[torch.Tensor]) -> int:
-    """fairseq label file: one line of space-separated units per utterance, in order."""
-    count = 0
-    with atomic_open(path) as handle:
-        for units in sequences:
-            handle.write(units_to_line(units) + "\n")
-            count += 1
-    return count
-
-
 def write_km_dict(path: str | Path, codebook_size: int) -> None:
     """fairseq dictionary for .km labels: `<unit> 1` per codeword."""
     write_text(path, "".join(f"{unit} 1\n" for unit in range(codebook_size)))

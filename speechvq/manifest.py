@@ -10,7 +10,7 @@ from pathlib import Path
 import soundfile
 
 from .errors import DatasetNotFoundError, EmptyDatasetError, ManifestError
-from .types import Utterance
+from .records import Utterance
 
 # Extensions soundfile (libsndfile) decodes, plus common aliases.
 AUDIO_EXTENSIONS = frozenset(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import fileio
 from .errors import MissingArtifactError, SpeechVQError
-from .types import SkippedFile
+from .records import SkippedFile
 
 UNITS_META_SCHEMA = 1
 

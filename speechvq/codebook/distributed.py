@@ -7,13 +7,10 @@ per-cluster sums (float64) and counts, so all ranks hold the same centroids, and
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 
-from ..quantize import nearest_codewords
-from .kmeans import KMeansResult, _cluster_sums, kmeans_plusplus, lloyd
+from .kmeans import KMeansResult, LocalFrames, kmeans_plusplus, lloyd, sample_sizes
 
 
 def _all_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -44,37 +41,25 @@ def distributed_kmeans(
 
     # The samples for seeding and the coarse Lloyd phase, assembled on every rank: each rank fills the rows it
     # owns and an all-reduce of zeros elsewhere puts every row in place exactly.
-    sample = min(total, 256 * codebook_size)
-    if 4 * sample > total:
-        sample = total
+    seed_count, sample = sample_sizes(total, codebook_size)
     order = torch.randperm(total, generator=generator)
-    seed_count = min(total, max(20 * codebook_size, 10_000))
     gathered = _gather_rows(local_frames, order[: max(seed_count, sample if sample < total else 0)], offset)
     centroids = kmeans_plusplus(gathered[:seed_count], codebook_size, generator=generator)
     if sample < total:
         centroids = lloyd(gathered[:sample], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size).centroids
 
-    history: list[float] = []
-    converged = False
-    labels, sq_dists = nearest_codewords(local_frames, centroids, chunk_size)
-    for _ in range(max_iter):
-        sums = _all_sum(_cluster_sums(local_frames, labels, codebook_size))
-        cluster_counts = _all_sum(torch.bincount(labels, minlength=codebook_size))
-        updated = (sums / cluster_counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
-        empty = (cluster_counts == 0).nonzero().squeeze(1)
-        if empty.numel():
-            updated[empty] = _global_farthest(local_frames, sq_dists, empty.numel())
-        centroids = updated
-        new_labels, sq_dists = nearest_codewords(local_frames, centroids, chunk_size)
-        inertia = float(_all_sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
-        changed = int(_all_sum((new_labels != labels).sum().reshape(1)))
-        improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
-        history.append(inertia)
-        labels = new_labels
-        if changed == 0 or improvement < tol:
-            converged = True
-            break
-    return KMeansResult(centroids, history[-1], len(history), converged, history)
+    return lloyd(local_frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, frames_of=AllRanks())
+
+
+class AllRanks(LocalFrames):
+    """Lloyd's partial results summed over the ranks: cluster sums and counts (float64 and int64, so the sum does
+    not depend on how frames are split), inertia and label changes; empty-cluster re-seeds from all ranks."""
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return _all_sum(tensor)
+
+    def farthest(self, frames: torch.Tensor, sq_dists: torch.Tensor, count: int) -> torch.Tensor:
+        return _global_farthest(frames, sq_dists, count)
 
 
 def _gather_rows(local_frames: torch.Tensor, global_rows: torch.Tensor, offset: int) -> torch.Tensor:

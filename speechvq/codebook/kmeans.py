@@ -85,17 +85,23 @@ def _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, p
     (like MiniBatchKMeans' init_size) and converge Lloyd on a larger one (256 frames per centroid, faiss'
     default sample), so the full-data iterations only polish: most of the work is done on the sample."""
     num_frames = frames.shape[0]
-    sample = min(num_frames, 256 * codebook_size)
-    if 4 * sample > num_frames:  # too small a saving: seed from a sample, iterate on everything
-        sample = num_frames
+    seed_count, sample = sample_sizes(num_frames, codebook_size)
     order = torch.randperm(num_frames, generator=generator, device=generator.device).to(frames.device)
-    seed_count = min(num_frames, max(20 * codebook_size, 10_000))
     centroids = kmeans_plusplus(frames[order[:seed_count]], codebook_size, generator=generator)
     if sample < num_frames:
         centroids = lloyd(
             frames[order[:sample]], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, precision=precision
         ).centroids
     return centroids
+
+
+def sample_sizes(num_frames: int, codebook_size: int) -> tuple[int, int]:
+    """(frames for k-means++ seeding, frames for the coarse Lloyd phase); the second equals num_frames when a
+    sample would save too little, and then Lloyd runs on everything from the seeds."""
+    sample = min(num_frames, 256 * codebook_size)
+    if 4 * sample > num_frames:
+        sample = num_frames
+    return min(num_frames, max(20 * codebook_size, 10_000)), sample
 
 
 def kmeans_plusplus(frames: torch.Tensor, codebook_size: int, *, generator: torch.Generator) -> torch.Tensor:
@@ -117,6 +123,18 @@ def kmeans_plusplus(frames: torch.Tensor, codebook_size: int, *, generator: torc
     return frames[torch.cat(chosen)].clone()
 
 
+class LocalFrames:
+    """How Lloyd combines per-process partial results: here, all frames are in this process. The distributed
+    variant (codebook.distributed) all-reduces the same quantities across ranks."""
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def farthest(self, frames: torch.Tensor, sq_dists: torch.Tensor, count: int) -> torch.Tensor:
+        """The `count` frames worst served by the codebook (re-seeds for empty clusters)."""
+        return frames[sq_dists.topk(count).indices]
+
+
 def lloyd(
     frames: torch.Tensor,
     centroids: torch.Tensor,
@@ -127,8 +145,11 @@ def lloyd(
     progress: bool = False,
     description: str = "k-means",
     precision: str = "exact",
+    frames_of: LocalFrames | None = None,
 ) -> KMeansResult:
-    """Lloyd iterations from the given centroids until the relative inertia gain drops below tol."""
+    """Lloyd iterations from the given centroids until no label changes or the relative inertia gain drops
+    below tol. frames_of: where the frames are (this process by default; all ranks under torchrun)."""
+    frames_of = frames_of or LocalFrames()
     codebook_size = centroids.shape[0]
     history: list[float] = []
     converged = False
@@ -137,34 +158,33 @@ def lloyd(
     labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
     bar = tqdm(total=max_iter, desc=description, disable=None if progress else True, leave=False)
     for _ in range(max_iter):
-        centroids = _update(frames, labels, sq_dists, centroids, codebook_size, precision)
+        centroids = _update(frames, labels, sq_dists, codebook_size, precision, frames_of)
         new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
-        inertia = float(sq_dists.sum(dtype=torch.float64))
+        inertia = float(frames_of.sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
         bar.update(1)
         bar.set_postfix(inertia=f"{inertia:.5g}")
-        stable = torch.equal(new_labels, labels)
+        changed = int(frames_of.sum((new_labels != labels).sum().reshape(1)))
         improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
         history.append(inertia)
         labels = new_labels
-        if stable or improvement < tol:
+        if changed == 0 or improvement < tol:
             converged = True
             break
     bar.close()
     return KMeansResult(centroids, history[-1], len(history), converged, history)
 
 
-def _update(frames, labels, sq_dists, centroids, codebook_size, precision="exact") -> torch.Tensor:
-    counts = torch.bincount(labels, minlength=codebook_size)
+def _update(frames, labels, sq_dists, codebook_size, precision, frames_of: LocalFrames) -> torch.Tensor:
+    counts = frames_of.sum(torch.bincount(labels, minlength=codebook_size))
     if precision == "fast" and frames.is_cuda:
         sums = torch.zeros(codebook_size, frames.shape[1], device=frames.device).index_add_(0, labels, frames)
     else:
         sums = _cluster_sums(frames, labels, codebook_size)
-    updated = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+    updated = (frames_of.sum(sums) / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
     empty = (counts == 0).nonzero().squeeze(1)
     if empty.numel():
         # Re-seed each empty cluster at one of the frames worst served by the current codebook.
-        farthest = sq_dists.topk(empty.numel()).indices
-        updated[empty] = frames[farthest]
+        updated[empty] = frames_of.farthest(frames, sq_dists, empty.numel())
         log.debug("re-seeded %d empty clusters", empty.numel())
     return updated
 

@@ -75,48 +75,16 @@ def train_encoder_model(
     model = VQVAE(config.model, config.quantizer, sample_rate).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     record = config_record(config, sample_rate)
-    history: list[dict] = []
-    first_step = 0
     checkpoint = out_dir / CHECKPOINT_FILE
-    if checkpoint.exists():
-        tensors, meta = load_tensors(checkpoint)
-        if meta["config"] != record:
-            raise ConfigError(
-                "train_encoder",
-                "(changed)",
-                f"{checkpoint} was made with another training config; use a new run folder or delete the checkpoint",
-            )
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        restore_optimizer(optimizer, tensors, meta["param_groups"])
-        history, first_step = meta["history"], meta["step"]
-        log.info("train_encoder: resuming from step %d (%s)", first_step, checkpoint)
+    history, first_step = _resume(checkpoint, model, optimizer, record)
     train_ids, val_ids = split_validation(len(waves), config.validation_fraction)
     segment = round(config.segment_s * sample_rate)
-    use_bf16 = device.type == "cuda"
     bar = tqdm(
         range(first_step, config.steps), initial=first_step, total=config.steps, desc="train_encoder", disable=None
     )
     model.train()
     for step in bar:
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        device_generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
-        picks = [train_ids[int(i)] for i in torch.randint(len(train_ids), (config.batch_size,), generator=generator)]
-        batch = crop_batch(waves, picks, segment, generator).to(device)
-        if hasattr(model.quantizer, "temperature"):
-            model.quantizer.temperature = gumbel_temperature(config, step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(batch, device_generator)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        entry = {
-            "step": step + 1,
-            "loss": out.loss.item(),
-            "reconstruction": out.reconstruction_loss.item(),
-            "grad_norm": float(grad_norm),
-            **{k: float(v) for k, v in out.quantizer.stats.items()},
-        }
+        entry = _train_step(model, optimizer, config, waves, train_ids, segment, step, seed, device)
         if val_ids and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
             entry["val_reconstruction"] = validate(model, [waves[i] for i in val_ids], segment, device)
         history.append(entry)
@@ -136,6 +104,46 @@ def train_encoder_model(
     save_tensors(out_dir / MODEL_FILE, state, meta)
     _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
     return model, history
+
+
+def _resume(checkpoint: Path, model: VQVAE, optimizer, record: dict) -> tuple[list[dict], int]:
+    """(history, first step) from the last checkpoint made with the same training config, or a fresh start."""
+    if not checkpoint.exists():
+        return [], 0
+    tensors, meta = load_tensors(checkpoint)
+    if meta["config"] != record:
+        raise ConfigError(
+            "train_encoder",
+            "(changed)",
+            f"{checkpoint} was made with another training config; use a new run folder or delete the checkpoint",
+        )
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, meta["param_groups"])
+    log.info("train_encoder: resuming from step %d (%s)", meta["step"], checkpoint)
+    return meta["history"], meta["step"]
+
+
+def _train_step(model, optimizer, config, waves, train_ids, segment, step, seed, device) -> dict:
+    """One optimizer step on a batch drawn from a generator seeded by (seed, step); the history entry."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    device_generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    picks = [train_ids[int(i)] for i in torch.randint(len(train_ids), (config.batch_size,), generator=generator)]
+    batch = crop_batch(waves, picks, segment, generator).to(device)
+    if hasattr(model.quantizer, "temperature"):
+        model.quantizer.temperature = gumbel_temperature(config, step)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(batch, device_generator)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return {
+        "step": step + 1,
+        "loss": out.loss.item(),
+        "reconstruction": out.reconstruction_loss.item(),
+        "grad_norm": float(grad_norm),
+        **{k: float(v) for k, v in out.quantizer.stats.items()},
+    }
 
 
 @torch.no_grad()

@@ -8,6 +8,6 @@ FEATURES.register("mfcc_hubert", "speechvq.features.mfcc:KaldiMFCCExtractor")
 FEATURES.register("mfcc", "speechvq.features.mfcc:LibrosaMFCCExtractor")
 FEATURES.register("fbank", "speechvq.features.mfcc:FbankExtractor")
 FEATURES.register("encoder", "speechvq.features.encoder:EncoderExtractor")
-FEATURES.register("ssl", "speechvq.features.ssl:SSLExtractor")
+FEATURES.register("ssl", "speechvq.features.ssl_model:SSLExtractor")
 
 __all__ = ["FEATURES", "FeatureExtractor", "build_extractor", "normalize_utterance"]

@@ -20,8 +20,8 @@ from ..featstore import FeatureStore
 from ..metrics import MetricsAccumulator, phone_unit_scores
 from ..plots import plot_codebook_usage
 from ..reconstruct import build_inversion, griffin_lim, logmel_distances, reference_logmel
+from ..records import FeatureMatrix, Utterance
 from ..run_folder import RunFolder
-from ..types import FeatureMatrix, Utterance
 from ..units import load_unit_model
 
 log = logging.getLogger(__name__)

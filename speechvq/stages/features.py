@@ -16,8 +16,8 @@ from ..errors import EmptyDatasetError
 from ..featstore import FeatureStore, FeatureWriter
 from ..features import build_extractor
 from ..manifest import list_utterances, shard
+from ..records import FeatureMatrix, SkippedFile, Utterance
 from ..run_folder import FileCounts, RunFolder
-from ..types import FeatureMatrix, SkippedFile, Utterance
 from .markers import already_done, features_key, mark_done
 
 log = logging.getLogger(__name__)

@@ -40,13 +40,6 @@ class FeatureMatrix:
 
 
 @dataclass(frozen=True)
-class UnitSequence:
-    utt_id: str
-    units: torch.Tensor  # (num_frames,) int64 codeword indices in [0, codebook_size)
-    frame_rate_hz: float
-
-
-@dataclass(frozen=True)
 class SkippedFile:
     """A file left out of a run under data.on_error=skip, with the reason."""
 
