@@ -33,7 +33,7 @@ Stage = _choice("Stage", ("train_encoder", "features", "train", "quantize", "eva
 
 @dataclass
 class DataConfig:
-    path: str = "data/demo"  # folder (recursive), fairseq .tsv or .jsonl manifest
+    path: str | None = "data/demo"  # folder (recursive), fairseq .tsv or .jsonl manifest (required)
     alignments: str | None = None  # phone labels: a TSV at 100 Hz, or a folder of Praat TextGrids
     alignment_rate_hz: float = 100.0  # frame rate of the TSV labels
     split: str = "train"  # name of the output files: <split>.km, <split>.tsv
@@ -92,7 +92,25 @@ class QuantizerConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What train_encoder learns. reconstruction: the conv VQ-VAE rebuilds the log-mel (`model`, `quantizer`);
+    masked_prediction: HuBERT, a log-mel front end + Transformer predicts an earlier run's units at masked frames."""
+
+    name: str = "reconstruction"  # reconstruction | masked_prediction
+    targets: str | None = None  # masked_prediction: a run folder whose units.jsonl are the targets
+    dim: int = 192  # masked_prediction: Transformer width, depth and heads
+    layers: int = 4
+    heads: int = 4
+    proj_dim: int = 256  # space of the cosine similarity with the unit embeddings
+    temperature: float = 0.1
+    mask_prob: float = 0.08  # probability that a frame starts a masked span (HuBERT's p: about half the frames masked)
+    mask_span: int = 10  # frames per masked span (10 = 200 ms at 50 Hz)
+    unmasked_weight: float = 0.0  # weight of the loss on unmasked frames
+
+
+@dataclass
 class TrainEncoderConfig:
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: EncoderModelConfig = field(default_factory=EncoderModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     steps: int = 2000
@@ -181,6 +199,7 @@ POSITIVE = (
     "data.alignment_rate_hz", "data.batch_seconds", "data.part_mb", "features.sample_rate",
     "features.frame_length_ms", "features.frame_shift_ms", "features.chunk_s", "train_encoder.segment_s",
     "train_encoder.learning_rate", "train_encoder.grad_clip", "train_encoder.max_train_seconds",
+    "train_encoder.objective.temperature",
 )  # fmt: skip
 AT_LEAST = {
     "data.num_workers": 0, "data.num_shards": 1, "features.num_ceps": 1, "features.num_mel_bins": 1,
@@ -190,7 +209,10 @@ AT_LEAST = {
     "train_encoder.validation_fraction": 0, "train_encoder.model.channels": 1, "train_encoder.model.code_dim": 1,
     "train_encoder.model.decoder_channels": 1, "train_encoder.quantizer.codebook_size": 1,
     "train_encoder.quantizer.num_codebooks": 1, "train_encoder.quantizer.dead_code_steps": 0,
-    "evaluate.alignment_tolerance_frames": 0, "evaluate.resynthesize": 0,
+    "evaluate.alignment_tolerance_frames": 0, "evaluate.resynthesize": 0, "train_encoder.objective.dim": 1,
+    "train_encoder.objective.layers": 1, "train_encoder.objective.heads": 1, "train_encoder.objective.proj_dim": 1,
+    "train_encoder.objective.mask_span": 1, "train_encoder.objective.mask_prob": 0,
+    "train_encoder.objective.unmasked_weight": 0,
 }  # fmt: skip
 OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
 
@@ -232,6 +254,7 @@ def check_config(config: RunConfig) -> None:
 
 def _check_families(config: RunConfig) -> None:
     """Names of swappable parts against their registries (imported here: the registries import the library)."""
+    from .encoder import OBJECTIVES
     from .encoder.quantizers import QUANTIZERS
     from .features import FEATURES
     from .features.ssl_model import SSL_MODELS
@@ -241,13 +264,21 @@ def _check_families(config: RunConfig) -> None:
     SSL_MODELS.check(config.features.ssl_model)
     UNIT_KINDS.check(config.codebook.name)
     QUANTIZERS.check(config.train_encoder.quantizer.name)
+    OBJECTIVES.check(config.train_encoder.objective.name)
 
 
 def _check_combinations(config: RunConfig) -> None:
+    from .encoder import OBJECTIVES
     from .errors import ConfigError
+    from .features import FEATURES
     from .units import UNIT_KINDS
 
     d, f, t = config.data, config.features, config.train_encoder
+    if not d.path and any(stage in config.stages for stage in ("train_encoder", "features")):
+        raise ConfigError("data.path", d.path, "name the dataset: a folder, a fairseq .tsv or a .jsonl manifest")
+    family = FEATURES.get(f.name)
+    if family.needs_weights and not family.checkpoint_defaults_to_run and not f.checkpoint:
+        raise ConfigError("features.checkpoint", f.checkpoint, f"features={f.name} needs local weights")
     if not 0 <= d.shard_index < d.num_shards:
         raise ConfigError("data.shard_index", d.shard_index, f"must be in 0..{d.num_shards - 1} (data.num_shards)")
     required = UNIT_KINDS.get(config.codebook.name).required_features
@@ -255,6 +286,18 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError("codebook.name", config.codebook.name, f"works on features={required}, not {f.name}")
     if "merge" in config.stages and not config.merge.inputs:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
+    objective = t.objective
+    needs_targets = OBJECTIVES.get(objective.name).needs_targets
+    if "train_encoder" in config.stages and needs_targets and not objective.targets:
+        raise ConfigError(
+            "train_encoder.objective.targets", None, f"{objective.name} needs the run folder of its targets"
+        )
+    if not objective.mask_prob < 1:
+        raise ConfigError("train_encoder.objective.mask_prob", objective.mask_prob, "must be below 1")
+    if objective.dim % objective.heads:
+        raise ConfigError(
+            "train_encoder.objective.heads", objective.heads, f"must divide objective.dim={objective.dim}"
+        )
     if not t.validation_fraction < 1:
         raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
     if not 0 < t.quantizer.ema_decay < 1:

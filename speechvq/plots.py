@@ -41,16 +41,19 @@ def loss_curve_png(history: list[dict], path: Path) -> None:
 
     steps = [h["step"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
-    axes[0].plot(steps, [h["reconstruction"] for h in history], lw=0.8, label="train log-mel L1")
-    val = [(h["step"], h["val_reconstruction"]) for h in history if "val_reconstruction" in h]
+    axes[0].plot(steps, [h["loss"] for h in history], lw=0.8, label="training loss")
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
     if val:
-        axes[0].plot(*zip(*val), "o-", ms=3, label="validation log-mel L1")
+        axes[0].plot(*zip(*val), "o-", ms=3, label="validation loss")
     axes[0].set_xlabel("step")
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
-    axes[1].plot(steps, [h["perplexity"] for h in history], lw=0.8, color="#2a9d8f")
+    # The objective's own health: code perplexity (VQ-VAE) or masked-frame accuracy (masked prediction).
+    stat = next((k for k in ("perplexity", "masked_accuracy") if history and k in history[0]), None)
+    if stat:
+        axes[1].plot(steps, [h[stat] for h in history], lw=0.8, color="#2a9d8f")
+        axes[1].set_ylabel(stat.replace("_", " "))
     axes[1].set_xlabel("step")
-    axes[1].set_ylabel("code perplexity")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -100,13 +100,18 @@ class FbankInversion(Inversion):
 
 
 class DecoderInversion(Inversion):
-    """The trained encoder's own log-mel decoder (features=encoder)."""
+    """The trained encoder's own log-mel decoder (features=encoder, the reconstruction objective)."""
 
-    def __init__(self, feature_config: dict):
+    @classmethod
+    def create(cls, feature_config: dict) -> Inversion | None:
         from .encoder.checkpoint import load_encoder
 
+        model = load_encoder(feature_config["checkpoint"])[0]
+        return cls(feature_config, model.decoder.cpu()) if hasattr(model, "decoder") else None
+
+    def __init__(self, feature_config: dict, decoder: torch.nn.Module):
         super().__init__(feature_config)
-        self.decoder = load_encoder(feature_config["checkpoint"])[0].decoder.cpu()
+        self.decoder = decoder
 
     @torch.inference_mode()
     def logmel(self, frames: torch.Tensor) -> torch.Tensor:

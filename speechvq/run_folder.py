@@ -169,6 +169,17 @@ class RunFolder:
             for handle in handles:
                 handle.close()
 
+    def read_units(self) -> dict[str, list[int]]:
+        """utt_id -> units of units.jsonl (single-codebook units: one list per utterance)."""
+        out = {}
+        with self.require(self.units_jsonl, "train_encoder").open() as handle:
+            for line in handle:
+                record = json.loads(line)
+                if record["units"] and isinstance(record["units"][0], list):
+                    raise SpeechVQError(f"{self.units_jsonl}: units of several codebooks cannot be targets")
+                out[record["id"]] = record["units"]
+        return out
+
     def write_units_meta(self, meta: UnitsMeta) -> None:
         fileio.write_json(self.units_meta_file, meta.to_json())
 

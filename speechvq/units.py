@@ -10,7 +10,7 @@ import torch
 
 from .codebook import Codebook, load_codebook
 from .config import CodebookConfig, QuantizeConfig
-from .errors import CodebookMismatchError
+from .errors import CodebookMismatchError, ConfigError
 from .quantize import nearest_codewords
 from .registry import Registry
 from .run_folder import RunFolder
@@ -73,6 +73,13 @@ class EncoderUnits:
 
         path = Path(codebook.path) if codebook.path else folder.require(folder.encoder_dir, "quantize")
         model, meta = load_encoder(path)
+        if not hasattr(model, "quantizer"):
+            raise ConfigError(
+                "codebook.name",
+                "encoder",
+                f"the {meta['train_encoder']['objective']['name']} model in {path} has no "
+                "quantizer of its own; use codebook=kmeans on its features",
+            )
         return cls(model, meta)
 
     def __init__(self, model, meta: dict):

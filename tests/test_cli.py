@@ -85,13 +85,25 @@ MANDATORY = {
     ("data", "folder"): ["data.path=x"],
     ("features", "ssl"): ["features.checkpoint=x.safetensors"],
     ("codebook", "encoder"): ["features=encoder"],  # the encoder's own quantizer works on its own features
+    ("experiment", "hubert_demo"): ["train_encoder.objective.targets=runs/x"],
+    ("train_encoder/objective", "masked_prediction"): ["train_encoder.objective.targets=runs/x"],
 }
 NEEDS_WEIGHTS = {"encoder", "ssl"}  # built in their own tests, from real weight files
 
 
 @pytest.mark.parametrize(
     "group",
-    ["data", "features", "codebook", "train_encoder", "quantize", "evaluate", "train_encoder/quantizer", "experiment"],
+    [
+        "data",
+        "features",
+        "codebook",
+        "train_encoder",
+        "quantize",
+        "evaluate",
+        "train_encoder/quantizer",
+        "train_encoder/objective",
+        "experiment",
+    ],
 )
 def test_every_config_option_composes_against_the_schema(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):

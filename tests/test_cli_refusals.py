@@ -51,6 +51,11 @@ CASES = [  # (override, key the error must name)
     ("codebook=encoder", "codebook.name"),  # the encoder's own quantizer without the encoder's features
     ("stages=[merge]", "merge.inputs"),  # merge without the folder of shard runs
     ("codebook.codebok_size=10", "codebook.codebok_size"),  # a key that does not exist
+    ("experiment=hubert_demo", "train_encoder.objective.targets"),  # masked prediction without its targets
+    ("data=folder", "data.path"),  # a required value left unset (once, it silently meant the demo data)
+    ("features=ssl", "features.checkpoint"),
+    ("train_encoder.objective.name=hubert", "train_encoder.objective.name"),
+    ("train_encoder.objective.mask_prob=1.0", "train_encoder.objective.mask_prob"),
 ]
 if not torch.cuda.is_available():
     CASES += [("quantize.precision=fast", "quantize.precision"), ("device=cuda", "device")]

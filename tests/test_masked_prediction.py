@@ -1,14 +1,21 @@
 """HuBERT-style masked prediction: masking, the 100 -> 50 Hz target mapping, the loss by hand, and layer
 features that are the same alone or in a padded batch."""
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
 from conftest import speechlike
+from safetensors.torch import load_file
 
+from speechvq import pipeline
+from speechvq.config import CodebookConfig, DataConfig, FeatureConfig, ObjectiveConfig, RunConfig, TrainEncoderConfig
+from speechvq.encoder.batches import span_mask, span_starts, targets_at_rate
+from speechvq.encoder.checkpoint import load_encoder
 from speechvq.encoder.hubert import MaskedPredictionModel, masked_prediction_loss
-from speechvq.encoder.masking import span_mask, targets_at_rate
+from speechvq.errors import ConfigError
 
 
 def test_span_mask_is_a_function_of_the_seed_and_masks_whole_spans():
@@ -20,11 +27,19 @@ def test_span_mask_is_a_function_of_the_seed_and_masks_whole_spans():
     edges = torch.diff(torch.cat([torch.tensor([0]), a.int(), torch.tensor([0])]))
     runs = (edges == -1).nonzero().squeeze(1) - (edges == 1).nonzero().squeeze(1)
     assert runs.numel() > 0 and int(runs.min()) >= 10
-    # Over many draws, the number of spans averages mask_prob * frames / span (= 4 here).
-    starts = [int((torch.diff(span_mask(500, 0.08, 10, torch.Generator().manual_seed(s)).int()) == 1).sum())
-              for s in range(300)]  # fmt: skip
-    assert 3.0 < sum(starts) / len(starts) <= 4.0  # overlapping spans merge, so at most 4
+    # HuBERT's p = 0.08, l = 10 masks about half the frames (1 - (1 - p)^l = 0.57 before edge effects).
+    share = (
+        sum(float(span_mask(500, 0.08, 10, torch.Generator().manual_seed(s)).float().mean()) for s in range(50)) / 50
+    )
+    assert 0.45 < share < 0.62
     assert not span_mask(5, 0.5, 10, torch.Generator()).any()  # shorter than a span: nothing to mask
+
+
+def test_span_starts_average_p_times_frames_and_fit():
+    draws = [span_starts(500, 0.08, 10, torch.Generator().manual_seed(s)) for s in range(200)]
+    assert 39.0 < sum(d.numel() for d in draws) / len(draws) < 41.0  # E = 0.08 x 500 = 40
+    for d in draws:
+        assert d.unique().numel() == d.numel() and int(d.max()) <= 490 and int(d.min()) >= 0
 
 
 def test_targets_follow_hubert_label_rate_mapping():
@@ -82,10 +97,87 @@ def test_a_few_steps_learn_planted_targets():
     targets = torch.tensor([[0] * (frames // 2) + [1] * (frames - frames // 2)] * 4)
     losses = []
     for step in range(40):
-        mask = torch.stack([span_mask(frames, 0.3, 5, torch.Generator().manual_seed(step * 4 + i)) for i in range(4)])
+        mask = torch.stack([span_mask(frames, 0.06, 5, torch.Generator().manual_seed(step * 4 + i)) for i in range(4)])
         out = model(waves, targets, mask)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
         losses.append(float(out.loss.detach()))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def hubert_config(dataset, targets, steps=6) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(path=str(dataset), alignments=None, num_workers=0),
+        features=FeatureConfig(name="encoder", layer=1),
+        codebook=CodebookConfig(codebook_size=6, n_init=1, max_iter=10),
+        train_encoder=TrainEncoderConfig(
+            objective=ObjectiveConfig(
+                name="masked_prediction", targets=str(targets), dim=16, layers=2, heads=2, proj_dim=8
+            ),
+            steps=steps,
+            batch_size=2,
+            segment_s=0.5,
+            checkpoint_every=3,
+            validate_every=3,
+        ),
+        stages=["train_encoder", "features", "train", "quantize", "evaluate"],
+        device="cpu",
+    )
+
+
+def mfcc_run(dataset, folder):
+    config = RunConfig(
+        data=DataConfig(path=str(dataset), alignments=None, num_workers=0),
+        codebook=CodebookConfig(codebook_size=5, n_init=1, max_iter=10),
+        stages=["features", "train", "quantize"],
+        device="cpu",
+    )
+    pipeline.run(config, folder)
+    return folder
+
+
+def test_masked_prediction_run_trains_on_an_earlier_runs_units_and_writes_units(dataset, tmp_path):
+    targets = mfcc_run(dataset, tmp_path / "mfcc")
+    run_dir = tmp_path / "hubert"
+    result = pipeline.run(hubert_config(dataset, targets), run_dir)
+    model_meta = json.loads((run_dir / "encoder/model.json").read_text())
+    assert model_meta["train_encoder"]["objective"]["name"] == "masked_prediction" and model_meta["num_units"] == 5
+    assert "masked_accuracy" in model_meta["final"]
+    assert result.metrics["num_utterances"] == 6 and result.metrics["codebook_size"] == 6
+    records = [json.loads(line) for line in (run_dir / "units.jsonl").read_text().splitlines()]
+    assert all(r["frame_rate_hz"] == 50.0 for r in records)
+    model, _ = load_encoder(run_dir)
+    assert model.feature_dim == 16 and len(model.layers.layers) == 2
+    with pytest.raises(ConfigError, match="no\\s+quantizer"):  # no codebook of its own: k-means on its features
+        pipeline.run(dataclasses.replace(hubert_config(dataset, targets), codebook=CodebookConfig(name="encoder"),
+                                         stages=["quantize"]), run_dir)  # fmt: skip
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch):
+    from speechvq.encoder import train as training
+
+    targets = mfcc_run(dataset, tmp_path / "mfcc")
+    config = dataclasses.replace(hubert_config(dataset, targets), stages=["train_encoder"])
+    pipeline.run(config, tmp_path / "clean")
+    original = training._save_checkpoint
+
+    def interrupting(path, model, optimizer, step, *args):
+        original(path, model, optimizer, step, *args)
+        if step == 3:
+            raise Interrupted
+
+    monkeypatch.setattr(training, "_save_checkpoint", interrupting)
+    with pytest.raises(Interrupted):
+        pipeline.run(config, tmp_path / "killed")
+    monkeypatch.setattr(training, "_save_checkpoint", original)
+    pipeline.run(config, tmp_path / "killed")
+    clean = load_file(str(tmp_path / "clean/encoder/model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed/encoder/model.safetensors"))
+    assert clean.keys() == resumed.keys()
+    for name in clean:
+        assert torch.equal(clean[name], resumed[name]), name

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from speechvq.config import QuantizerConfig, TrainEncoderConfig
+from speechvq.encoder.model import gumbel_temperature
 from speechvq.encoder.quantizers import GumbelVQ, ResidualVQ, VectorQuantizerEMA, build_quantizer
-from speechvq.encoder.train import gumbel_temperature
 
 CONFIGS = {
     "vq_ema": QuantizerConfig(name="vq_ema", codebook_size=16),

@@ -26,6 +26,11 @@ SPECIAL = [
     ("/corpora/", "substitute"),
     ("compare_quantizers.py", "skip: a 25-minute benchmark of seven trainings (run by hand; README table)"),
     (
+        "experiment=hubert_demo",
+        "append: train_encoder.steps=4 train_encoder.batch_size=2 train_encoder.segment_s=1.0 "
+        "train_encoder.checkpoint_every=2 train_encoder.validate_every=2",
+    ),
+    (
         "experiment=encoder_demo",
         "append: train_encoder.steps=20 train_encoder.checkpoint_every=10 train_encoder.validate_every=10",
     ),

@@ -1,1 +1,9 @@
-"""Learned features and quantizers: a conv encoder on the waveform, a quantizer, a log-mel decoder (a VQ-VAE)."""
+"""The encoder trained by the train_encoder stage, one model per training objective (registered in OBJECTIVES):
+`reconstruction`, a conv VQ-VAE that rebuilds the log-mel (model.py, quantizers.py); `masked_prediction`, HuBERT's
+masked prediction of an earlier run's units (hubert.py). train.py is the loop they share, checkpoint.py the files."""
+
+from ..registry import Registry
+
+OBJECTIVES = Registry("train_encoder.objective.name")
+OBJECTIVES.register("reconstruction", "speechvq.encoder.model:VQVAE")
+OBJECTIVES.register("masked_prediction", "speechvq.encoder.hubert:MaskedPredictionModel")

@@ -63,19 +63,24 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A trained model from model.safetensors (or a run folder holding encoder/model.safetensors)."""
-    from ..config import EncoderModelConfig, QuantizerConfig
-    from .model import VQVAE
+    """A trained model from model.safetensors (or a run folder holding encoder/model.safetensors), built by its
+    training objective from the config recorded beside the weights."""
+    from ..config import EncoderModelConfig, ObjectiveConfig, QuantizerConfig, TrainEncoderConfig
+    from . import OBJECTIVES
 
     path = Path(path)
     if path.is_dir():  # a run folder, or its encoder folder
         folder = RunFolder(path)
         path = folder.encoder_model if folder.encoder_dir.is_dir() else path / MODEL_FILE
     tensors, meta = load_tensors(path)
-    settings = meta["train_encoder"]
-    model = VQVAE(
-        EncoderModelConfig(**settings["model"]), QuantizerConfig(**settings["quantizer"]), meta["sample_rate"]
+    settings = dict(meta["train_encoder"])
+    config = TrainEncoderConfig(
+        objective=ObjectiveConfig(**settings.pop("objective", {})),
+        model=EncoderModelConfig(**settings.pop("model")),
+        quantizer=QuantizerConfig(**settings.pop("quantizer")),
+        **settings,
     )
+    model = OBJECTIVES.get(config.objective.name).from_config(config, meta["sample_rate"], meta.get("num_units"))
     model.load_state_dict(tensors)
     if state_fingerprint(tensors) != meta["fingerprint"]:
         raise ConfigError("checkpoint", str(path), "weights do not match their recorded fingerprint")

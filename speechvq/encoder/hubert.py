@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..features import kaldi_batched
+from .batches import aligned_crops, span_mask
 
 LOGMEL_BINS = 80
 WINDOW, HOP = 400, 160  # 25 / 10 ms at 16 kHz
@@ -56,6 +58,16 @@ class ConvPositionEmbedding(nn.Module):
 
 
 class MaskedPredictionModel(nn.Module):
+    """The `masked_prediction` objective's model."""
+
+    needs_targets = True
+
+    @classmethod
+    def from_config(cls, config, sample_rate: int, num_units: int | None = None) -> MaskedPredictionModel:
+        """config: TrainEncoderConfig; num_units: the size of the target units' codebook."""
+        o = config.objective
+        return cls(o.dim, o.layers, o.heads, num_units, o.proj_dim, o.temperature, sample_rate)
+
     def __init__(self, dim: int, layers: int, heads: int, num_units: int, proj_dim: int = 256,
                  temperature: float = 0.1, sample_rate: int = 16000):  # fmt: skip
         super().__init__()
@@ -66,7 +78,8 @@ class MaskedPredictionModel(nn.Module):
         self.front_norm = nn.LayerNorm(dim)
         self.mask_embedding = nn.Parameter(torch.randn(dim) * 0.1)
         self.position = ConvPositionEmbedding(dim)
-        block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.1, batch_first=True, norm_first=True)
+        # No dropout: its draws would come from the global generator, and a resumed run would differ.
+        block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(dim)
         self.project = nn.Linear(dim, proj_dim)
@@ -107,14 +120,46 @@ class MaskedPredictionModel(nn.Module):
         projected = F.normalize(self.project(context), dim=-1)
         return projected @ F.normalize(self.codewords, dim=-1).T / self.temperature
 
-    def forward(self, waveforms: list[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor,
-                unmasked_weight: float = 0.0) -> MaskedPredictionOutput:  # fmt: skip
-        """targets, mask (batch, frames) at 50 Hz, frames beyond an utterance ignored."""
+    def forward(
+        self,
+        waveforms: list[torch.Tensor],
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        target_valid: torch.Tensor | None = None,
+        unmasked_weight: float = 0.0,
+    ) -> MaskedPredictionOutput:
+        """targets, mask, target_valid (batch, frames) at 50 Hz; frames without audio or target are ignored."""
         x, valid = self.front_end(waveforms)
         frames = min(x.shape[1], targets.shape[1])
         x, valid, targets, mask = x[:, :frames], valid[:, :frames], targets[:, :frames], mask[:, :frames]
+        if target_valid is not None:
+            valid = valid & target_valid[:, :frames]
         x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
         return masked_prediction_loss(self.logits(self.context(x, valid)), targets, mask, valid, unmasked_weight)
+
+    # ---------------------------------------------------------------- the interface train.py and features use
+    def training_loss(self, waves, labels, segment, config, step, generator, device_generator, device):
+        """Crops on the 20 ms grid with their targets, span masks: (loss, stats for the history)."""
+        crops, targets, target_valid = aligned_crops(waves, labels, segment, HOP * SUBSAMPLE, generator)
+        o = config.objective
+        masks = [span_mask(self.num_frames(c.numel()), o.mask_prob, o.mask_span, generator) for c in crops]
+        mask = nn.utils.rnn.pad_sequence(masks, batch_first=True)
+        device_targets = targets.to(device), mask.to(device), target_valid.to(device)
+        out = self(crops, *device_targets, unmasked_weight=o.unmasked_weight)
+        return out.loss, {"masked_accuracy": out.masked_accuracy}
+
+    @torch.no_grad()
+    def validation_loss(self, waves, labels, segment, config, device) -> float:
+        generator = torch.Generator().manual_seed(0)
+        return float(self.training_loss(waves, labels, segment, config, 0, generator, None, device)[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return self.subsample.out_channels
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer <= len(self.layers.layers):
+            raise ConfigError("features.layer", layer, f"0 (front end) .. {len(self.layers.layers)} for this model")
 
     @torch.inference_mode()
     def layer_features(self, waveforms: list[torch.Tensor], layer: int) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reconstruct import LOGMEL_BINS, LOGMEL_RATE_HZ, reference_logmel
+from .batches import crop_batch
 from .quantizers import QuantizerOutput, build_quantizer
 
 
@@ -84,6 +85,15 @@ class VQVAEOutput:
 
 
 class VQVAE(nn.Module):
+    """The `reconstruction` objective: conv encoder -> quantizer -> log-mel decoder, trained to rebuild the log-mel."""
+
+    needs_targets = False
+
+    @classmethod
+    def from_config(cls, config, sample_rate: int, num_units: int | None = None) -> VQVAE:
+        """config: TrainEncoderConfig."""
+        return cls(config.model, config.quantizer, sample_rate)
+
     def __init__(self, model_config, quantizer_config, sample_rate: int = 16000):
         super().__init__()
         self.sample_rate = sample_rate
@@ -107,3 +117,50 @@ class VQVAE(nn.Module):
         reconstruction = self.decoder(quantized.quantized, target.shape[1])
         recon_loss = F.l1_loss(reconstruction.float(), target)
         return VQVAEOutput(reconstruction, target, quantized, recon_loss, recon_loss + quantized.loss)
+
+    # ---------------------------------------------------------------- the interface train.py and features use
+    def training_loss(self, waves, labels, segment, config, step, generator, device_generator, device):
+        """One batch of random crops of `waves` at training step `step`: (loss, stats for the history)."""
+        if hasattr(self.quantizer, "temperature"):
+            self.quantizer.temperature = gumbel_temperature(config, step)
+        batch = crop_batch(waves, segment, generator).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = self(batch, device_generator)
+        stats = {
+            "reconstruction": out.reconstruction_loss.item(),
+            **{k: float(v) for k, v in out.quantizer.stats.items()},
+        }
+        return out.loss, stats
+
+    @torch.no_grad()
+    def validation_loss(self, waves, labels, segment, config, device) -> float:
+        batch = crop_batch(waves, segment, torch.Generator().manual_seed(0)).to(device)
+        return float(self(batch).reconstruction_loss)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.project.out_channels
+
+    def check_layer(self, layer: int) -> None:
+        """The conv encoder has one output: every features.layer means it."""
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.encoder.num_frames(num_samples)
+
+    @torch.inference_mode()
+    def layer_features(self, waveforms: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
+        """The pre-quantization frames of each waveform (the conv encoder has one output; layer is ignored)."""
+        device = next(self.parameters()).device
+        return [
+            self.encoder(w.to(device).view(1, -1))[0].float()
+            if self.num_frames(w.numel())
+            else torch.zeros(0, self.feature_dim, device=device)
+            for w in waveforms
+        ]
+
+
+def gumbel_temperature(config, step: int) -> float:
+    """config: TrainEncoderConfig. Annealed from start to end, reached at 70 % of training."""
+    start, end = config.quantizer.gumbel_temperature
+    decay = (end / start) ** (1.0 / max(1, int(0.7 * config.steps)))
+    return max(start * decay**step, end)

@@ -1,6 +1,7 @@
-"""Training loop for the VQ-VAE. Each step's batch (which utterances, which crops, the Gumbel noise, the
-dead-code picks) comes from a generator seeded by (seed, step), so a run resumed from a checkpoint
-continues exactly as the uninterrupted run would have."""
+"""The training loop every objective shares. Each step's batch (which utterances, which crops, the masks, the
+Gumbel noise, the dead-code picks) comes from a generator seeded by (seed, step), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have. The objective's model (OBJECTIVES) builds its
+own batch from the picked waveforms and returns its loss."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainEncoderConfig
 from ..errors import ConfigError
+from . import OBJECTIVES
 from .checkpoint import (
     CHECKPOINT_FILE,
     MODEL_FILE,
@@ -22,7 +24,6 @@ from .checkpoint import (
     save_tensors,
     state_fingerprint,
 )
-from .model import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +33,6 @@ def split_validation(num_utterances: int, fraction: float) -> tuple[list[int], l
     count = min(num_utterances - 1, max(1, round(num_utterances * fraction))) if fraction > 0 else 0
     held = set(round(i * num_utterances / count) for i in range(count)) if count else set()
     return [i for i in range(num_utterances) if i not in held], sorted(held)
-
-
-def crop_batch(waves: list[torch.Tensor], picks: list[int], segment: int, generator: torch.Generator) -> torch.Tensor:
-    batch = torch.zeros(len(picks), segment)
-    for row, index in enumerate(picks):
-        wave = waves[index]
-        if wave.numel() > segment:
-            start = int(torch.randint(wave.numel() - segment + 1, (1,), generator=generator))
-            batch[row] = wave[start : start + segment]
-        else:
-            batch[row, : wave.numel()] = wave
-    return batch
-
-
-def gumbel_temperature(config: TrainEncoderConfig, step: int) -> float:
-    start, end = config.quantizer.gumbel_temperature
-    decay = (end / start) ** (1.0 / max(1, int(0.7 * config.steps)))  # reaches `end` at 70 % of training
-    return max(start * decay**step, end)
 
 
 def config_record(config: TrainEncoderConfig, sample_rate: int) -> dict:
@@ -63,8 +46,11 @@ def train_encoder_model(
     device: torch.device,
     seed: int,
     sample_rate: int = 16000,
-) -> tuple[VQVAE, list[dict]]:
-    """Train on `waves` (mono float32 at sample_rate); checkpoints, the final model and history go to out_dir."""
+    labels: list[torch.Tensor] | None = None,
+    num_units: int | None = None,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Train on `waves` (mono float32 at sample_rate; with `labels`, one target unit per model frame of each, out
+    of num_units); checkpoints, the final model and history go to out_dir."""
     for key in ("steps", "batch_size"):
         if getattr(config, key) < 1:  # zero steps would save an untrained model as if trained
             raise ConfigError(f"train_encoder.{key}", getattr(config, key), "must be at least 1")
@@ -72,9 +58,9 @@ def train_encoder_model(
         raise ConfigError("train_encoder", f"{len(waves)} utterances", "training needs at least 2 utterances")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # parameter initialisation only; every later draw uses explicit generators
-    model = VQVAE(config.model, config.quantizer, sample_rate).to(device)
+    model = OBJECTIVES.get(config.objective.name).from_config(config, sample_rate, num_units).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    record = config_record(config, sample_rate)
+    record = {**config_record(config, sample_rate), "num_units": num_units}
     checkpoint = out_dir / CHECKPOINT_FILE
     history, first_step = _resume(checkpoint, model, optimizer, record)
     train_ids, val_ids = split_validation(len(waves), config.validation_fraction)
@@ -84,11 +70,11 @@ def train_encoder_model(
     )
     model.train()
     for step in bar:
-        entry = _train_step(model, optimizer, config, waves, train_ids, segment, step, seed, device)
+        entry = _train_step(model, optimizer, config, waves, labels, train_ids, segment, step, seed, device)
         if val_ids and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
-            entry["val_reconstruction"] = validate(model, [waves[i] for i in val_ids], segment, device)
+            entry["val_loss"] = validate(model, waves, labels, val_ids, segment, config, device)
         history.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", ppl=f"{entry['perplexity']:.0f}", usage=f"{entry['usage']:.2f}")
+        bar.set_postfix(loss=f"{entry['loss']:.3f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             _save_checkpoint(checkpoint, model, optimizer, step + 1, history, record)
     bar.close()
@@ -106,7 +92,7 @@ def train_encoder_model(
     return model, history
 
 
-def _resume(checkpoint: Path, model: VQVAE, optimizer, record: dict) -> tuple[list[dict], int]:
+def _resume(checkpoint: Path, model: torch.nn.Module, optimizer, record: dict) -> tuple[list[dict], int]:
     """(history, first step) from the last checkpoint made with the same training config, or a fresh start."""
     if not checkpoint.exists():
         return [], 0
@@ -123,35 +109,28 @@ def _resume(checkpoint: Path, model: VQVAE, optimizer, record: dict) -> tuple[li
     return meta["history"], meta["step"]
 
 
-def _train_step(model, optimizer, config, waves, train_ids, segment, step, seed, device) -> dict:
+def _train_step(model, optimizer, config, waves, labels, train_ids, segment, step, seed, device) -> dict:
     """One optimizer step on a batch drawn from a generator seeded by (seed, step); the history entry."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     device_generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
     picks = [train_ids[int(i)] for i in torch.randint(len(train_ids), (config.batch_size,), generator=generator)]
-    batch = crop_batch(waves, picks, segment, generator).to(device)
-    if hasattr(model.quantizer, "temperature"):
-        model.quantizer.temperature = gumbel_temperature(config, step)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(batch, device_generator)
+    picked_labels = [labels[i] for i in picks] if labels is not None else None
+    loss, stats = model.training_loss(
+        [waves[i] for i in picks], picked_labels, segment, config, step, generator, device_generator, device
+    )
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
-    return {
-        "step": step + 1,
-        "loss": out.loss.item(),
-        "reconstruction": out.reconstruction_loss.item(),
-        "grad_norm": float(grad_norm),
-        **{k: float(v) for k, v in out.quantizer.stats.items()},
-    }
+    return {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), **stats}
 
 
 @torch.no_grad()
-def validate(model: VQVAE, waves: list[torch.Tensor], segment: int, device: torch.device) -> float:
+def validate(model, waves, labels, val_ids, segment, config, device) -> float:
     was_training = model.training
     model.eval()
-    batch = crop_batch(waves, list(range(len(waves))), segment, torch.Generator().manual_seed(0)).to(device)
-    loss = float(model(batch).reconstruction_loss)
+    picked_labels = [labels[i] for i in val_ids] if labels is not None else None
+    loss = model.validation_loss([waves[i] for i in val_ids], picked_labels, segment, config, device)
     model.train(was_training)
     return loss
 

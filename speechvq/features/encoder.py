@@ -29,22 +29,21 @@ class EncoderExtractor:
             raise ConfigError(
                 "features.sample_rate", config.sample_rate, f"the encoder was trained at {self.meta['sample_rate']} Hz"
             )
-        self.dim = self.model.encoder.project.out_channels
+        self.model.check_layer(config.layer)
+        self.dim = self.model.feature_dim
         self.frame_rate_hz = self.model.frame_rate_hz
 
     def describe(self) -> dict:
         return {**self.config.to_dict(), "model_fingerprint": self.meta["fingerprint"]}
 
     def num_frames(self, num_samples: int) -> int:
-        return self.model.encoder.num_frames(num_samples)
+        return self.model.num_frames(num_samples)
 
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self(w) for w in waveforms]
+        """Layer features.layer of the model (the conv output for the VQ-VAE), equal alone or in a batch."""
+        if waveforms and next(self.model.parameters()).device != waveforms[0].device:
+            self.model.to(waveforms[0].device)
+        return self.model.layer_features(waveforms, self.config.layer)
 
-    @torch.inference_mode()
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
-        if self.num_frames(samples.numel()) == 0:
-            return samples.new_zeros((0, self.dim))
-        if next(self.model.parameters()).device != samples.device:
-            self.model.to(samples.device)
-        return self.model.encoder(samples.view(1, -1))[0].float()
+        return self.extract_batch([samples])[0]

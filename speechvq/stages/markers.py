@@ -24,7 +24,7 @@ def stage_key(*parts) -> str:
 def features_key(data: DataConfig, features: FeatureConfig) -> str:
     """What the stored features depend on (and so everything computed from them)."""
     source = {
-        "path": str(Path(data.path).expanduser().resolve()),
+        "path": str(Path(data.path).expanduser().resolve()) if data.path else None,
         "split": data.split,
         "on_error": data.on_error,
         "num_shards": data.num_shards,
