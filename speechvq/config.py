@@ -59,7 +59,7 @@ class FeatureConfig:
     ]  # none | utterance (CMVN per utterance) | global (stats stored with the codebook)
     checkpoint: str | None = None  # encoder / ssl: model weights (encoder: a run folder works too)
     ssl_model: str = "hubert_base"  # ssl: hubert_base | hubert_large | wav2vec2_base | wav2vec2_large
-    layer: int = 6  # ssl: transformer layer whose output is the feature (1-based)
+    layer: int = 6  # ssl, encoder: Transformer layer whose output is the feature (1-based; encoder: 0 = front end)
     chunk_s: float = 30.0  # ssl: longer audio runs in chunks of this length with 1 s of context each side
 
     def to_dict(self) -> dict:
@@ -203,7 +203,7 @@ POSITIVE = (
 )  # fmt: skip
 AT_LEAST = {
     "data.num_workers": 0, "data.num_shards": 1, "features.num_ceps": 1, "features.num_mel_bins": 1,
-    "features.layer": 1, "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
+    "features.layer": 0, "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
     "codebook.max_train_frames": 1, "train_encoder.steps": 1, "train_encoder.batch_size": 1,
     "train_encoder.validate_every": 1, "train_encoder.checkpoint_every": 1, "train_encoder.weight_decay": 0,
     "train_encoder.validation_fraction": 0, "train_encoder.model.channels": 1, "train_encoder.model.code_dim": 1,

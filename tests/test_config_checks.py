@@ -60,7 +60,7 @@ BAD = [
     ("features.sample_rate", 0),
     ("features.num_ceps", 30),  # more cepstra than the 23 mel bins
     ("features.frame_shift_ms", 0.0),
-    ("features.layer", 0),
+    ("features.layer", -1),
 ]
 
 
