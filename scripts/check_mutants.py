@@ -124,8 +124,8 @@ MUTANTS = {
         ["tests/test_features.py"],
     ),
     "codebook.path ignored: retrained on the new dataset": (
-        "speechvq/pipeline.py",
-        '    if config.codebook.path:\n        log.info("train: reusing',
+        "speechvq/stages/train.py",
+        '    if codebook.path:\n        log.info("train: reusing',
         '    if False:\n        log.info("train: reusing',
         ["tests/test_pipeline.py"],
     ),
