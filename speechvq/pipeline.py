@@ -71,7 +71,7 @@ def run(config: RunConfig, run_dir: str | Path) -> RunSummary:
     for stage in Stage:  # canonical order, whatever order the config lists them in
         if stage in config.stages:
             start = time.perf_counter()
-            results[stage.value] = _call(stage.value, config, folder, device)
+            results[stage.value] = _STAGES[stage](config, folder, device, False)
             seconds[stage.value] = time.perf_counter() - start
     return _summary(folder, seconds, results)
 
@@ -90,10 +90,6 @@ _STAGES = {
     Stage["evaluate"]: lambda c, f, d, r: evaluate(c.evaluate, c.data, c.codebook, c.quantize, f, d),
     Stage["merge"]: lambda c, f, d, r: merge_shards(c.merge, f),
 }
-
-
-def _call(stage: str, config: RunConfig, folder: RunFolder, device: torch.device, per_rank: bool = False):
-    return _STAGES[Stage[stage]](config, folder, device, per_rank)
 
 
 def _summary(folder: RunFolder, seconds: dict, results: dict) -> RunSummary:
@@ -122,7 +118,7 @@ def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device) -> 
                 rank_config, codebook=dataclasses.replace(config.codebook, path=str(folder.rank(0).root))
             )
         start = time.perf_counter()
-        _call(stage, rank_config, rank_folder, device, per_rank=True)
+        _STAGES[Stage[stage]](rank_config, rank_folder, device, True)
         seconds[stage] = time.perf_counter() - start
         torch.distributed.barrier()
     counts = None

@@ -134,9 +134,9 @@ class RunFolder:
     def write_manifest(self, split: str, root: Path, rows: Iterable[tuple[str, int]]) -> None:
         fileio.write_fairseq_tsv(self.manifest(split), root, rows)
 
-    def read_manifest(self, split: str) -> tuple[Path, list[tuple[str, int]]]:
-        """(root folder, [(relative path, num_samples)]) of <split>.tsv."""
-        lines = self.require(self.manifest(split), "evaluate").read_text().splitlines()
+    def read_manifest(self, split: str, stage: str = "evaluate") -> tuple[Path, list[tuple[str, int]]]:
+        """(root folder, [(relative path, num_samples)]) of <split>.tsv; `stage`: who needs it, for the error."""
+        lines = self.require(self.manifest(split), stage).read_text().splitlines()
         rows = []
         for line in lines[1:]:
             relative, _, count = line.partition("\t")

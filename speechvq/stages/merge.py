@@ -23,7 +23,7 @@ def merge_shards(merge: MergeConfig, folder: RunFolder) -> FileCounts:
     first = shards[0][0]
     _check_shards(Path(merge.inputs), shards)
     runs = [run for _, run in shards]
-    manifests = [run.read_manifest(first.split) for run in runs]
+    manifests = [run.read_manifest(first.split, "merge") for run in runs]
     if len({root for root, _ in manifests}) != 1:
         raise ConfigError("merge.inputs", merge.inputs, "shard manifests have different root folders")
     folder.write_manifest(first.split, manifests[0][0], [row for _, rows in manifests for row in rows])
