@@ -155,6 +155,8 @@ class EvaluateConfig:
     alignment_tolerance_frames: int = 3  # allowed length difference between units and labels
     reconstruction: bool = True  # log-mel distances of the reconstruction from units (where defined)
     resynthesize: int = 0  # write this many Griffin-Lim WAVs from units beside the originals
+    # utterance ids to probe for cross-speaker word identity: a regex with groups speaker and label (FSDD names)
+    word_probe: str | None = r"(?:^|/)(?P<label>\d)_(?P<speaker>[a-z]+)_\d+$"
 
 
 @dataclass

@@ -33,11 +33,25 @@ def format_report(result) -> str:
             if "mcd_db" in r:
                 rows.append(("mel-cepstral distortion", f"{r['mcd_db']:.2f} dB"))
         if "alignment" in m:
-            a = m["alignment"]
-            rows += [
-                ("aligned utterances / phones", f"{a['num_utterances']} / {a['num_phones']}"),
-                ("PNMI", f"{a['pnmi']:.4f}"),
-                ("phone purity / cluster purity", f"{a['phone_purity']:.4f} / {a['cluster_purity']:.4f}"),
-            ]
+            rows += _alignment_rows("", m["alignment"])
+            for group, scores in m["alignment"].get("groups", {}).items():
+                rows += _alignment_rows(f" {group}/", scores)
+        if "word_probe" in m:
+            p = m["word_probe"]
+            rows.append(
+                (
+                    "word probe (chance)",
+                    f"{p['accuracy']:.3f} ({p['chance']:.2f}), {p['num_utterances']} utterances, "
+                    f"{p['num_speakers']} speakers",
+                )
+            )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _alignment_rows(suffix: str, scores: dict) -> list[tuple[str, str]]:
+    return [
+        (f"aligned utterances / phones{suffix}", f"{scores['num_utterances']} / {scores['num_phones']}"),
+        (f"PNMI{suffix}", f"{scores['pnmi']:.4f}"),
+        (f"phone purity / cluster purity{suffix}", f"{scores['phone_purity']:.4f} / {scores['cluster_purity']:.4f}"),
+    ]

@@ -115,7 +115,31 @@ def test_evaluate_with_alignments_end_to_end(dataset, tmp_path):
     config.data.alignments = str(tsv)
     pipeline.run(config, run_dir)
     got = json.loads((run_dir / "metrics.json").read_text())["alignment"]
-    joint = Counter((p, u) for r in records[:-1] for p, u in zip(labels[r["id"]], r["units"]))
+    aligned = records[:-1]
+    expected = _hand_scores(aligned, labels)
+    assert got["num_utterances"] == len(records) - 1 and got["num_frames"] == expected["num_frames"]
+    for key in ("pnmi", "phone_purity", "cluster_purity"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-9)
+    assert abs(expected["phone_purity"] - expected["cluster_purity"]) > 0.02
+    # The ids come from two folders (a/, b/): each gets its own scores, over its own utterances only.
+    assert set(got["groups"]) == {"a", "b"}
+    for group in ("a", "b"):
+        subset = [r for r in aligned if r["id"].startswith(group + "/")]
+        mine = _hand_scores(subset, labels)
+        assert got["groups"][group]["num_frames"] == mine["num_frames"]
+        for key in ("pnmi", "phone_purity", "cluster_purity"):
+            assert got["groups"][group][key] == pytest.approx(mine[key], rel=1e-9)
+    assert got["groups"]["a"]["pnmi"] != pytest.approx(got["pnmi"])
+    # Labels that do not cover the units (beyond the tolerance) are refused, naming the utterance.
+    first = records[0]
+    tsv.write_text(f"{first['id']}\t{' '.join(labels[first['id']][:-5])}\n")
+    with pytest.raises(AlignmentError, match=first["id"]):
+        pipeline.run(config, run_dir)
+
+
+def _hand_scores(records: list[dict], labels: dict[str, list[str]]) -> dict:
+    """PNMI and both purities written out from their definitions, over (phone, unit) frame pairs."""
+    joint = Counter((p, u) for r in records for p, u in zip(labels[r["id"]], r["units"]))
     n = sum(joint.values())
     phones, units = Counter(), Counter()
     for (p, u), c in joint.items():
@@ -123,18 +147,12 @@ def test_evaluate_with_alignments_end_to_end(dataset, tmp_path):
         units[u] += c
     mi = sum(c / n * math.log(c * n / (phones[p] * units[u])) for (p, u), c in joint.items())
     h = -sum(c / n * math.log(c / n) for c in phones.values())
-    phone_purity = sum(max(c for (p, u2), c in joint.items() if u2 == u) for u in units) / n
-    cluster_purity = sum(max(c for (p2, u), c in joint.items() if p2 == p) for p in phones) / n
-    assert got["num_utterances"] == len(records) - 1 and got["num_frames"] == n
-    assert got["pnmi"] == pytest.approx(mi / h, rel=1e-9)
-    assert got["phone_purity"] == pytest.approx(phone_purity, rel=1e-9)
-    assert got["cluster_purity"] == pytest.approx(cluster_purity, rel=1e-9)
-    assert abs(phone_purity - cluster_purity) > 0.02
-    # Labels that do not cover the units (beyond the tolerance) are refused, naming the utterance.
-    first = records[0]
-    tsv.write_text(f"{first['id']}\t{' '.join(labels[first['id']][:-5])}\n")
-    with pytest.raises(AlignmentError, match=first["id"]):
-        pipeline.run(config, run_dir)
+    return {
+        "num_frames": n,
+        "pnmi": mi / h,
+        "phone_purity": sum(max(c for (p, u2), c in joint.items() if u2 == u) for u in units) / n,
+        "cluster_purity": sum(max(c for (p2, u), c in joint.items() if p2 == p) for p in phones) / n,
+    }
 
 
 def test_feature_mismatch_with_reused_codebook_is_refused(dataset, tmp_path):

@@ -19,6 +19,7 @@ from ..errors import AlignmentError, ConfigError
 from ..featstore import FeatureStore
 from ..metrics import MetricsAccumulator, phone_unit_scores
 from ..plots import plot_codebook_usage
+from ..probe import word_pattern, word_probe
 from ..reconstruct import build_inversion, griffin_lim, logmel_distances, reference_logmel
 from ..records import FeatureMatrix, Utterance
 from ..run_folder import RunFolder
@@ -41,18 +42,13 @@ def evaluate(
     store = FeatureStore(folder.features_dir)
     units_model = load_unit_model(codebook, quantize, folder)
     units_model.check_compatible(store.feature_config, store.dim)
-    meta = folder.read_units_meta()
-    if meta.codebook_fingerprint != units_model.fingerprint:
-        raise ConfigError(
-            "codebook",
-            units_model.fingerprint,
-            f"the units in {folder.root} were made with {meta.codebook_fingerprint}; re-run quantize",
-        )
+    _check_units_made_by(folder, units_model.fingerprint)
     alignments = read_alignments(data.alignments, data.alignment_rate_hz) if data.alignments else {}
     accumulator = MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz)
     phones = _PhoneCounts(data.alignment_rate_hz / store.frame_rate_hz, evaluate.alignment_tolerance_frames)
     recon = _Reconstruction.create(evaluate, data, store, folder, units_model)
     unit_lines = folder.iter_units(data.split, units_model.num_codebooks)
+    probe = _WordProbe(word_pattern(evaluate.word_probe) if evaluate.word_probe else None)
     for features in tqdm(
         store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
     ):
@@ -66,6 +62,7 @@ def evaluate(
             recon.add(features, quantized)
         if features.utt_id in alignments:
             phones.add(features.utt_id, units[:, 0], alignments[features.utt_id])
+        probe.add(features.utt_id, units[:, 0])
     if next(unit_lines, None) is not None:
         raise ConfigError("data.split", data.split, "the unit files hold more utterances than the features")
     metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **accumulator.result()}
@@ -75,6 +72,8 @@ def evaluate(
         metrics["alignment"] = phones.scores(units_model.codebook_size)
     elif alignments:
         raise AlignmentError(data.alignments, "no utterance id matches the dataset's ids")
+    if probe_scores := probe.result():
+        metrics["word_probe"] = probe_scores
     metrics["counts"] = store.index.get("counts", {})
     folder.write_metrics(metrics)
     if evaluate.plot:
@@ -87,14 +86,40 @@ def evaluate(
     return metrics
 
 
+def _check_units_made_by(folder: RunFolder, fingerprint: str) -> None:
+    made_by = folder.read_units_meta().codebook_fingerprint
+    if made_by != fingerprint:
+        raise ConfigError(
+            "codebook", fingerprint, f"the units in {folder.root} were made with {made_by}; re-run quantize"
+        )
+
+
+@dataclass
+class _WordProbe:
+    """The first stream's units of the utterances the evaluate.word_probe pattern matches."""
+
+    pattern: re.Pattern | None
+    units: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, utt_id: str, units: torch.Tensor) -> None:
+        if self.pattern and self.pattern.search(utt_id):
+            self.units[utt_id] = units.tolist()
+
+    def result(self) -> dict | None:
+        return word_probe(self.units, self.pattern) if self.units else None
+
+
 @dataclass
 class _PhoneCounts:
-    """Frame-level (phone, unit) pairs for HuBERT's PNMI and purities (first stream for multi-codebook units)."""
+    """Frame-level (phone, unit) pairs for HuBERT's PNMI and purities (first stream for multi-codebook units),
+    over all aligned utterances and, where they come from more than one top-level folder (the demo: espeak/
+    and fsdd/), per folder too: phone sets and recording conditions differ, so each gets its own scores."""
 
     ratio: float  # label frames per unit frame
     tolerance_frames: int
     phones: dict[str, int] = field(default_factory=dict)
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
 
     def add(self, utt_id: str, units: torch.Tensor, labels: list[str]) -> None:
         """Map each unit frame to the label frame at the same time; trim the small length difference that
@@ -108,17 +133,27 @@ class _PhoneCounts:
         keep = label_index < len(labels)
         phone_ids = [self.phones.setdefault(labels[i], len(self.phones)) for i in label_index[keep].tolist()]
         self.pairs.append((torch.tensor(phone_ids, dtype=torch.long), units[keep]))
+        self.groups.append(utt_id.split("/")[0] if "/" in utt_id else "")
 
     def scores(self, codebook_size: int) -> dict:
-        phone_ids = torch.cat([p for p, _ in self.pairs])
-        unit_ids = torch.cat([u for _, u in self.pairs])
+        result = {**self._scores(self.pairs, codebook_size), "stream": 0}
+        names = sorted(set(self.groups))
+        if len(names) > 1:
+            result["groups"] = {
+                name: self._scores([p for p, g in zip(self.pairs, self.groups) if g == name], codebook_size)
+                for name in names
+            }
+        return result
+
+    def _scores(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], codebook_size: int) -> dict:
+        phone_ids = torch.cat([p for p, _ in pairs])
+        unit_ids = torch.cat([u for _, u in pairs])
         counts = torch.zeros(len(self.phones), codebook_size, dtype=torch.long)
         counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
         return {
-            "num_utterances": len(self.pairs),
+            "num_utterances": len(pairs),
             "num_frames": int(unit_ids.numel()),
-            "num_phones": len(self.phones),
-            "stream": 0,
+            "num_phones": int((counts.sum(dim=1) > 0).sum()),
             **phone_unit_scores(counts),
         }
 
