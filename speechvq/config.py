@@ -28,6 +28,8 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Choice]:
 OnError = _choice("OnError", ("raise", "skip"))
 Normalize = _choice("Normalize", ("none", "utterance", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
+FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
+LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
 Stage = _choice("Stage", ("train_encoder", "features", "train", "quantize", "evaluate", "merge"))  # run order
 
 
@@ -94,11 +96,13 @@ class QuantizerConfig:
 @dataclass
 class ObjectiveConfig:
     """What train_encoder learns. reconstruction: the conv VQ-VAE rebuilds the log-mel (`model`, `quantizer`);
-    masked_prediction: HuBERT, a log-mel front end + Transformer predicts an earlier run's units at masked frames."""
+    masked_prediction: HuBERT, a front end + Transformer predicts an earlier run's units at masked frames;
+    contrastive: wav2vec 2.0, the same encoder picks each masked frame's Gumbel-quantized target among distractors."""
 
-    name: str = "reconstruction"  # reconstruction | masked_prediction
+    name: str = "reconstruction"  # reconstruction | masked_prediction | contrastive
     targets: str | None = None  # masked_prediction: a run folder whose units.jsonl are the targets
-    dim: int = 192  # masked_prediction: Transformer width, depth and heads
+    front_end: FrontEnd = FrontEnd["logmel"]  # masked_prediction, contrastive: logmel | waveform (conv encoder)
+    dim: int = 192  # masked_prediction, contrastive: Transformer width, depth and heads
     layers: int = 4
     heads: int = 4
     proj_dim: int = 256  # space of the cosine similarity with the unit embeddings
@@ -106,6 +110,8 @@ class ObjectiveConfig:
     mask_prob: float = 0.08  # probability that a frame starts a masked span (HuBERT's p: about half the frames masked)
     mask_span: int = 10  # frames per masked span (10 = 200 ms at 50 Hz)
     unmasked_weight: float = 0.0  # weight of the loss on unmasked frames
+    num_negatives: int = 100  # contrastive: distractors per masked frame, from the same utterance's masked frames
+    feature_penalty: float = 0.1  # contrastive: weight of the mean squared front-end frame (before its layer norm)
 
 
 @dataclass
@@ -113,10 +119,13 @@ class TrainEncoderConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: EncoderModelConfig = field(default_factory=EncoderModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    data_path: str | None = None  # train on this audio (folder or manifest) instead of data.path
     steps: int = 2000
     batch_size: int = 16
     segment_s: float = 1.0  # random crops of this length (shorter utterances are zero-padded)
     learning_rate: float = 1e-3
+    warmup_steps: int = 0  # linear warm-up from 0 to learning_rate over these steps
+    lr_schedule: LrSchedule = LrSchedule["constant"]  # constant | cosine (decays to 0 at the last step)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     validation_fraction: float = 0.05
@@ -196,6 +205,8 @@ CHOICES = {
     "features.normalize": Normalize,
     "codebook.precision": Precision,
     "quantize.precision": Precision,
+    "train_encoder.lr_schedule": LrSchedule,
+    "train_encoder.objective.front_end": FrontEnd,
 }
 POSITIVE = (
     "data.alignment_rate_hz", "data.batch_seconds", "data.part_mb", "features.sample_rate",
@@ -208,13 +219,15 @@ AT_LEAST = {
     "features.layer": 0, "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
     "codebook.max_train_frames": 1, "train_encoder.steps": 1, "train_encoder.batch_size": 1,
     "train_encoder.validate_every": 1, "train_encoder.checkpoint_every": 1, "train_encoder.weight_decay": 0,
+    "train_encoder.warmup_steps": 0,
     "train_encoder.validation_fraction": 0, "train_encoder.model.channels": 1, "train_encoder.model.code_dim": 1,
     "train_encoder.model.decoder_channels": 1, "train_encoder.quantizer.codebook_size": 1,
     "train_encoder.quantizer.num_codebooks": 1, "train_encoder.quantizer.dead_code_steps": 0,
     "evaluate.alignment_tolerance_frames": 0, "evaluate.resynthesize": 0, "train_encoder.objective.dim": 1,
     "train_encoder.objective.layers": 1, "train_encoder.objective.heads": 1, "train_encoder.objective.proj_dim": 1,
     "train_encoder.objective.mask_span": 1, "train_encoder.objective.mask_prob": 0,
-    "train_encoder.objective.unmasked_weight": 0,
+    "train_encoder.objective.unmasked_weight": 0, "train_encoder.objective.num_negatives": 1,
+    "train_encoder.objective.feature_penalty": 0,
 }  # fmt: skip
 OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
 
@@ -269,8 +282,34 @@ def _check_families(config: RunConfig) -> None:
     OBJECTIVES.check(config.train_encoder.objective.name)
 
 
-def _check_combinations(config: RunConfig) -> None:
+def _check_objective(config: RunConfig) -> None:
     from .encoder import OBJECTIVES
+    from .errors import ConfigError
+
+    objective = config.train_encoder.objective
+    needs_targets = OBJECTIVES.get(objective.name).needs_targets
+    if "train_encoder" in config.stages and needs_targets and not objective.targets:
+        raise ConfigError(
+            "train_encoder.objective.targets", None, f"{objective.name} needs the run folder of its targets"
+        )
+    if not objective.mask_prob < 1:
+        raise ConfigError("train_encoder.objective.mask_prob", objective.mask_prob, "must be below 1")
+    if objective.dim % objective.heads:
+        raise ConfigError(
+            "train_encoder.objective.heads", objective.heads, f"must divide objective.dim={objective.dim}"
+        )
+    quantizer = config.train_encoder.quantizer
+    if objective.name == "contrastive" and quantizer.name != "gumbel":
+        raise ConfigError("train_encoder.quantizer.name", quantizer.name, "the contrastive objective uses gumbel")
+    if objective.name == "contrastive" and objective.dim % quantizer.num_codebooks:
+        raise ConfigError(
+            "train_encoder.quantizer.num_codebooks",
+            quantizer.num_codebooks,
+            f"must divide objective.dim={objective.dim}",
+        )
+
+
+def _check_combinations(config: RunConfig) -> None:
     from .errors import ConfigError
     from .features import FEATURES
     from .units import UNIT_KINDS
@@ -288,18 +327,7 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError("codebook.name", config.codebook.name, f"works on features={required}, not {f.name}")
     if "merge" in config.stages and not config.merge.inputs:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
-    objective = t.objective
-    needs_targets = OBJECTIVES.get(objective.name).needs_targets
-    if "train_encoder" in config.stages and needs_targets and not objective.targets:
-        raise ConfigError(
-            "train_encoder.objective.targets", None, f"{objective.name} needs the run folder of its targets"
-        )
-    if not objective.mask_prob < 1:
-        raise ConfigError("train_encoder.objective.mask_prob", objective.mask_prob, "must be below 1")
-    if objective.dim % objective.heads:
-        raise ConfigError(
-            "train_encoder.objective.heads", objective.heads, f"must divide objective.dim={objective.dim}"
-        )
+    _check_objective(config)
     if not t.validation_fraction < 1:
         raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
     if not 0 < t.quantizer.ema_decay < 1:

@@ -96,6 +96,11 @@ class EncoderUnits:
             raise CodebookMismatchError("feature config", {"name": "encoder"}, {"name": feature_config.get("name")})
         if feature_config.get("model_fingerprint") != self.fingerprint:
             raise CodebookMismatchError("encoder model", self.fingerprint, feature_config.get("model_fingerprint"))
+        layer = getattr(self.model, "quantizer_layer", None)  # where the quantizer reads, for Transformer models
+        if layer is not None and feature_config.get("layer") != layer:
+            raise ConfigError(
+                "features.layer", feature_config.get("layer"), f"this model's quantizer reads layer {layer}"
+            )
 
     @torch.inference_mode()
     def assign(self, frames: torch.Tensor) -> torch.Tensor:

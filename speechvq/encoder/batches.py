@@ -47,6 +47,18 @@ def crop_batch(waves: list[torch.Tensor], segment: int, generator: torch.Generat
     return batch
 
 
+def crop_start(num_samples: int, segment: int, hop: int, generator: torch.Generator) -> int:
+    """A random start on the frame grid (a multiple of `hop`) for a crop of `segment` samples; 0 when shorter."""
+    if num_samples <= segment:
+        return 0
+    return int(torch.randint((num_samples - segment) // hop + 1, (1,), generator=generator)) * hop
+
+
+def grid_crops(waves: list[torch.Tensor], segment: int, hop: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A crop of up to `segment` samples from each waveform, starting on the frame grid; no padding."""
+    return [w[(s := crop_start(w.numel(), segment, hop, generator)) : s + segment] for w in waves]
+
+
 def aligned_crops(
     waves: list[torch.Tensor], labels: list[torch.Tensor], segment: int, hop: int, generator: torch.Generator
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -56,9 +68,7 @@ def aligned_crops(
     the labels (batch, frames) padded with 0, and which of those are real (batch, frames) bool."""
     crops, rows = [], []
     for wave, wave_labels in zip(waves, labels):
-        start = 0
-        if wave.numel() > segment:
-            start = int(torch.randint((wave.numel() - segment) // hop + 1, (1,), generator=generator)) * hop
+        start = crop_start(wave.numel(), segment, hop, generator)
         crops.append(wave[start : start + segment])
         first = start // hop
         rows.append(wave_labels[first : first + segment // hop])

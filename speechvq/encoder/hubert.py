@@ -1,10 +1,9 @@
 """Masked prediction (HuBERT): predict the units of an earlier run at masked frames from their context.
 
-Front end: Kaldi 80-bin log-mel at 100 Hz (as BEST-RQ and w2v-BERT use), a stride-2 convolution to 50 Hz,
-layer norm; masked frames are replaced by a learned embedding; a convolutional position embedding; a
-pre-norm Transformer; a projection whose cosine similarity with learned codeword embeddings, over a
-temperature, gives the logits (HuBERT's formulation). The loss is cross-entropy on masked frames, plus an
-optional weight on the unmasked ones."""
+The shared Transformer encoder (transformer.py: front end to 50 Hz, masked frames replaced by a learned
+embedding, convolutional position embedding, pre-norm Transformer); a projection whose cosine similarity with
+learned codeword embeddings, over a temperature, gives the logits (HuBERT's formulation). The loss is
+cross-entropy on masked frames, plus an optional weight on the unmasked ones."""
 
 from __future__ import annotations
 
@@ -14,13 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..features import kaldi_batched
 from .batches import aligned_crops, span_mask
-
-LOGMEL_BINS = 80
-WINDOW, HOP = 400, 160  # 25 / 10 ms at 16 kHz
-SUBSAMPLE = 2  # 100 Hz log-mel -> 50 Hz frames
+from .transformer import FRAME_HOP, TransformerEncoder
 
 
 @dataclass
@@ -43,21 +37,7 @@ def masked_prediction_loss(
     return MaskedPredictionOutput(loss, float(hits), int(masked.sum()))
 
 
-class ConvPositionEmbedding(nn.Module):
-    """wav2vec 2.0's relative position embedding: a wide grouped convolution over time, GELU, added."""
-
-    def __init__(self, dim: int, kernel: int = 31, groups: int = 8):
-        super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x (batch, frames, dim); padded frames are zeroed first, so a frame sees the same context alone or in
-        a batch (zeros beyond the utterance either way)."""
-        x = x * valid.unsqueeze(-1)
-        return x + F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2))
-
-
-class MaskedPredictionModel(nn.Module):
+class MaskedPredictionModel(TransformerEncoder):
     """The `masked_prediction` objective's model."""
 
     needs_targets = True
@@ -66,55 +46,14 @@ class MaskedPredictionModel(nn.Module):
     def from_config(cls, config, sample_rate: int, num_units: int | None = None) -> MaskedPredictionModel:
         """config: TrainEncoderConfig; num_units: the size of the target units' codebook."""
         o = config.objective
-        return cls(o.dim, o.layers, o.heads, num_units, o.proj_dim, o.temperature, sample_rate)
+        return cls(o.dim, o.layers, o.heads, num_units, o.proj_dim, o.temperature, sample_rate, o.front_end)
 
     def __init__(self, dim: int, layers: int, heads: int, num_units: int, proj_dim: int = 256,
-                 temperature: float = 0.1, sample_rate: int = 16000):  # fmt: skip
-        super().__init__()
-        if sample_rate != 16000:
-            raise ValueError("the log-mel front end is set up for 16 kHz audio")
-        self.sample_rate, self.temperature = sample_rate, temperature
-        self.subsample = nn.Conv1d(LOGMEL_BINS, dim, SUBSAMPLE, stride=SUBSAMPLE)
-        self.front_norm = nn.LayerNorm(dim)
-        self.mask_embedding = nn.Parameter(torch.randn(dim) * 0.1)
-        self.position = ConvPositionEmbedding(dim)
-        # No dropout: its draws would come from the global generator, and a resumed run would differ.
-        block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.final_norm = nn.LayerNorm(dim)
+                 temperature: float = 0.1, sample_rate: int = 16000, front_end: str = "logmel"):  # fmt: skip
+        super().__init__(dim, layers, heads, sample_rate, front_end)
+        self.temperature = temperature
         self.project = nn.Linear(dim, proj_dim)
         self.codewords = nn.Parameter(torch.randn(num_units, proj_dim) * 0.1)
-
-    frame_rate_hz = 50.0
-
-    def num_frames(self, num_samples: int) -> int:
-        logmel = 0 if num_samples < WINDOW else 1 + (num_samples - WINDOW) // HOP
-        return logmel // SUBSAMPLE
-
-    def front_end(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Waveforms of any lengths -> (batch, frames, dim) 50 Hz frames, zero-padded, and the valid mask."""
-        device = self.subsample.weight.device
-        outs = []
-        for wave in waveforms:
-            frames = self.num_frames(wave.numel())
-            if frames == 0:
-                outs.append(torch.zeros(0, self.subsample.out_channels, device=device))
-                continue
-            windows = wave.to(device).unfold(0, WINDOW, HOP)[: frames * SUBSAMPLE]
-            logmel = kaldi_batched.log_mel(windows, self.sample_rate, LOGMEL_BINS)  # (2 frames, 80)
-            outs.append(self.front_norm(self.subsample(logmel.T.unsqueeze(0))[0].T))
-        lengths = torch.tensor([o.shape[0] for o in outs], device=device)
-        padded = nn.utils.rnn.pad_sequence(outs, batch_first=True)
-        valid = torch.arange(padded.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
-        return padded, valid
-
-    def context(self, x: torch.Tensor, valid: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
-        """The output of Transformer layer num_layers (all layers and the final norm when None)."""
-        x = self.position(x, valid)
-        layers = self.layers.layers if num_layers is None else self.layers.layers[:num_layers]
-        for layer in layers:
-            x = layer(x, src_key_padding_mask=~valid)
-        return self.final_norm(x) if num_layers is None else x
 
     def logits(self, context: torch.Tensor) -> torch.Tensor:
         projected = F.normalize(self.project(context), dim=-1)
@@ -134,13 +73,13 @@ class MaskedPredictionModel(nn.Module):
         x, valid, targets, mask = x[:, :frames], valid[:, :frames], targets[:, :frames], mask[:, :frames]
         if target_valid is not None:
             valid = valid & target_valid[:, :frames]
-        x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
+        x = self.masked_input(x, mask)
         return masked_prediction_loss(self.logits(self.context(x, valid)), targets, mask, valid, unmasked_weight)
 
     # ---------------------------------------------------------------- the interface train.py and features use
     def training_loss(self, waves, labels, segment, config, step, generator, device_generator, device):
         """Crops on the 20 ms grid with their targets, span masks: (loss, stats for the history)."""
-        crops, targets, target_valid = aligned_crops(waves, labels, segment, HOP * SUBSAMPLE, generator)
+        crops, targets, target_valid = aligned_crops(waves, labels, segment, FRAME_HOP, generator)
         o = config.objective
         masks = [span_mask(self.num_frames(c.numel()), o.mask_prob, o.mask_span, generator) for c in crops]
         mask = nn.utils.rnn.pad_sequence(masks, batch_first=True)
@@ -152,18 +91,3 @@ class MaskedPredictionModel(nn.Module):
     def validation_loss(self, waves, labels, segment, config, device) -> float:
         generator = torch.Generator().manual_seed(0)
         return float(self.training_loss(waves, labels, segment, config, 0, generator, None, device)[0])
-
-    @property
-    def feature_dim(self) -> int:
-        return self.subsample.out_channels
-
-    def check_layer(self, layer: int) -> None:
-        if not 0 <= layer <= len(self.layers.layers):
-            raise ConfigError("features.layer", layer, f"0 (front end) .. {len(self.layers.layers)} for this model")
-
-    @torch.inference_mode()
-    def layer_features(self, waveforms: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
-        """Layer `layer` (1-based; 0 = the front end) of unmasked audio, one (frames, dim) tensor per waveform."""
-        x, valid = self.front_end(waveforms)
-        out = x if layer == 0 else self.context(x, valid, layer)
-        return [out[i, : int(n)].float() for i, n in enumerate(valid.sum(1))]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -109,6 +110,17 @@ def _resume(checkpoint: Path, model: torch.nn.Module, optimizer, record: dict) -
     return meta["history"], meta["step"]
 
 
+def learning_rate_at(config: TrainEncoderConfig, step: int) -> float:
+    """The rate of 0-based `step`: linear warm-up over warmup_steps, then constant or a cosine decay to 0 at the
+    last step. A function of the step alone, so a resumed run follows the same schedule."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.learning_rate
+
+
 def _train_step(model, optimizer, config, waves, labels, train_ids, segment, step, seed, device) -> dict:
     """One optimizer step on a batch drawn from a generator seeded by (seed, step); the history entry."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -118,6 +130,8 @@ def _train_step(model, optimizer, config, waves, labels, train_ids, segment, ste
     loss, stats = model.training_loss(
         [waves[i] for i in picks], picked_labels, segment, config, step, generator, device_generator, device
     )
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate_at(config, step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

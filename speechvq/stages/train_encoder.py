@@ -1,4 +1,5 @@
-"""The train_encoder stage: train the encoder (a conv VQ-VAE) on a capped subset of the dataset's audio."""
+"""The train_encoder stage: train an encoder (train_encoder.objective) on a capped subset of the dataset's audio
+(or of train_encoder.data_path)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def train_encoder(
 
     objective = OBJECTIVES.get(train.objective.name)
     targets, num_units = _targets(train, objective) if objective.needs_targets else (None, None)
-    good, skipped = check_files(list_utterances(data.path), data.on_error)
+    source = train.data_path or data.path
+    good, skipped = check_files(list_utterances(source), data.on_error)
     if targets is not None:  # only utterances the target run has units for
         good = [u for u in good if u.utt_id in targets]
     rate = features.sample_rate
@@ -52,7 +54,7 @@ def train_encoder(
         if seconds >= train.max_train_seconds:
             break
     if len(waves) < 2:
-        raise EmptyDatasetError(data.path, "train_encoder needs at least 2 readable files (with targets, if any)")
+        raise EmptyDatasetError(source, "train_encoder needs at least 2 readable files (with targets, if any)")
     log.info("train_encoder: %d utterances, %.1f s of audio, %d steps on %s", len(waves), seconds, train.steps, device)
     _, history = train_encoder_model(
         train, waves, folder.encoder_dir, device, seed, rate, labels if targets is not None else None, num_units
