@@ -131,6 +131,7 @@ class TrainEncoderConfig:
     validation_fraction: float = 0.05
     validate_every: int = 100
     checkpoint_every: int = 100
+    keep_snapshots: bool = False  # also keep the model at each checkpoint (encoder/snapshots/stepNNNNNNN.safetensors)
     max_train_seconds: float = 3600.0  # audio held in memory for training (a capped subset of the data)
 
 
@@ -179,6 +180,15 @@ class OutputConfig:
 
 
 @dataclass
+class IterationConfig:
+    """HuBERT's iterations in one run (speechvq/iterate.py): iteration 1 = MFCC k-means, then count - 1 rounds of
+    masked prediction of the previous units and k-means on layer features.layer."""
+
+    count: int = 0  # 0: an ordinary run
+    train_data: str | None = None  # audio for the k-means targets and the training (null: data.path)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -187,6 +197,7 @@ class RunConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    iteration: IterationConfig = field(default_factory=IterationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     stages: list[Stage] = field(
         default_factory=lambda: [Stage[s] for s in ("features", "train", "quantize", "evaluate")]
@@ -227,7 +238,7 @@ AT_LEAST = {
     "train_encoder.objective.layers": 1, "train_encoder.objective.heads": 1, "train_encoder.objective.proj_dim": 1,
     "train_encoder.objective.mask_span": 1, "train_encoder.objective.mask_prob": 0,
     "train_encoder.objective.unmasked_weight": 0, "train_encoder.objective.num_negatives": 1,
-    "train_encoder.objective.feature_penalty": 0,
+    "train_encoder.objective.feature_penalty": 0, "iteration.count": 0,
 }  # fmt: skip
 OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
 
@@ -288,7 +299,7 @@ def _check_objective(config: RunConfig) -> None:
 
     objective = config.train_encoder.objective
     needs_targets = OBJECTIVES.get(objective.name).needs_targets
-    if "train_encoder" in config.stages and needs_targets and not objective.targets:
+    if "train_encoder" in config.stages and needs_targets and not objective.targets and not config.iteration.count:
         raise ConfigError(
             "train_encoder.objective.targets", None, f"{objective.name} needs the run folder of its targets"
         )
@@ -307,6 +318,23 @@ def _check_objective(config: RunConfig) -> None:
             quantizer.num_codebooks,
             f"must divide objective.dim={objective.dim}",
         )
+
+
+def _check_iteration(config: RunConfig) -> None:
+    from .errors import ConfigError
+
+    if not config.iteration.count:
+        return
+    wanted = {
+        "features.name": ("encoder", config.features.name),
+        "codebook.name": ("kmeans", config.codebook.name),
+        "train_encoder.objective.name": ("masked_prediction", config.train_encoder.objective.name),
+    }
+    for key, (value, got) in wanted.items():
+        if got != value:
+            raise ConfigError(key, got, f"iteration.count > 0 runs HuBERT's iterations: needs {value}")
+    if config.codebook.path:
+        raise ConfigError("codebook.path", config.codebook.path, "each iteration trains its own codebook")
 
 
 def _check_combinations(config: RunConfig) -> None:
@@ -328,6 +356,7 @@ def _check_combinations(config: RunConfig) -> None:
     if "merge" in config.stages and not config.merge.inputs:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     _check_objective(config)
+    _check_iteration(config)
     if not t.validation_fraction < 1:
         raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
     if not 0 < t.quantizer.ema_decay < 1:

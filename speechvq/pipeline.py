@@ -61,6 +61,11 @@ def prepare(config: RunConfig, run_dir: str | Path) -> tuple[RunConfig, torch.de
 
 
 def run(config: RunConfig, run_dir: str | Path) -> RunSummary:
+    if config.iteration.count:
+        from .iterate import run_iterations
+
+        check_config(config)
+        return run_iterations(config, run_dir)
     config, device = prepare(config, run_dir)
     folder = RunFolder(run_dir)
     folder.root.mkdir(parents=True, exist_ok=True)

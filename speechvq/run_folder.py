@@ -80,6 +80,7 @@ class RunFolder:
     ENCODER = "encoder"  # the train_encoder stage's model
     ENCODER_MODEL = "model.safetensors"
     ENCODER_CHECKPOINT = "checkpoint.safetensors"
+    ENCODER_SNAPSHOTS = "snapshots"  # train_encoder.keep_snapshots: a model file per checkpoint
     FEATURES = "features"
     MARKERS = ".speechvq"  # completion keys and resumable partial outputs
     ERRORS_HEADER = "utt_id\tpath\treason\n"
@@ -106,6 +107,14 @@ class RunFolder:
     usage_plot = property(lambda self: self.root / "codebook_usage.png")
     loss_curve = property(lambda self: self.root / "loss_curve.png")
     resynth_dir = property(lambda self: self.root / "resynth")
+    iterations_summary = property(lambda self: self.root / "iterations.json")  # iteration.count > 0
+
+    def iteration_runs(self, number: int) -> tuple[Path, Path]:
+        """(targets, units): iteration `number`'s run on the training audio (its k-means units are the next
+        iteration's targets; it holds that iteration's model) and its codebook applied to data.path."""
+        folder = self.root / f"iteration{number}"
+        return folder / "targets", folder / "units"
+
     unit_parts_dir = property(lambda self: self.root / self.MARKERS / "units")
 
     def manifest(self, split: str) -> Path:

@@ -181,3 +181,28 @@ def test_interrupted_training_resumes_to_the_same_weights(dataset, tmp_path, mon
     assert clean.keys() == resumed.keys()
     for name in clean:
         assert torch.equal(clean[name], resumed[name]), name
+
+
+def test_iterations_run_in_one_command_each_predicting_the_previous_units(dataset, tmp_path):
+    from speechvq.config import IterationConfig
+
+    config = dataclasses.replace(hubert_config(dataset, None, steps=3), iteration=IterationConfig(count=3))
+    config.codebook = CodebookConfig(codebook_size=5, n_init=1, max_iter=10)
+    summary = pipeline.run(config, tmp_path / "it")
+    rows = json.loads((tmp_path / "it/iterations.json").read_text())
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    first_targets = tmp_path / "it/iteration1/targets"
+    assert json.loads((first_targets / "codebook.json").read_text())["feature_config"]["name"] == "mfcc_hubert"
+    for number in (2, 3):
+        meta = json.loads((tmp_path / f"it/iteration{number}/targets/encoder/model.json").read_text())
+        assert meta["train_encoder"]["objective"]["targets"] == str(tmp_path / f"it/iteration{number - 1}/targets")
+        assert meta["num_units"] == 5
+        units = tmp_path / f"it/iteration{number}/units"
+        # the units on data.path come from this iteration's model and its k-means codebook
+        stored = json.loads((units / "features/index.json").read_text())["feature_config"]
+        assert stored["name"] == "encoder" and stored["layer"] == 1
+        assert stored["model_fingerprint"] == meta["fingerprint"]
+        codebook = json.loads((tmp_path / f"it/iteration{number}/targets/codebook.json").read_text())
+        assert json.loads((units / "units.meta.json").read_text())["codebook_fingerprint"] == codebook["fingerprint"]
+    assert summary.run_dir == tmp_path / "it/iteration3/units"
+    assert rows[1]["train_encoder_s"] > 0 and rows[0]["train_encoder_s"] == 0

@@ -16,6 +16,7 @@ from ..run_folder import RunFolder
 
 MODEL_FILE = RunFolder.ENCODER_MODEL
 CHECKPOINT_FILE = RunFolder.ENCODER_CHECKPOINT
+SNAPSHOTS_DIR = RunFolder.ENCODER_SNAPSHOTS
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -19,6 +19,7 @@ from . import OBJECTIVES
 from .checkpoint import (
     CHECKPOINT_FILE,
     MODEL_FILE,
+    SNAPSHOTS_DIR,
     load_tensors,
     optimizer_tensors,
     restore_optimizer,
@@ -78,19 +79,28 @@ def train_encoder_model(
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             _save_checkpoint(checkpoint, model, optimizer, step + 1, history, record)
+            if config.keep_snapshots:
+                snapshot = out_dir / SNAPSHOTS_DIR / f"step{step + 1:07d}.safetensors"
+                save_model(snapshot, model, record, step + 1, history)
     bar.close()
     model.eval()
-    state = {k: v for k, v in model.state_dict().items()}
+    save_model(out_dir / MODEL_FILE, model, record, config.steps, history)
+    _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
+    return model, history
+
+
+def save_model(path: Path, model: torch.nn.Module, record: dict, steps: int, history: list[dict]) -> None:
+    """The weights and what load_encoder needs to rebuild the model, after `steps` training steps."""
+    state = dict(model.state_dict())
     meta = {
         **record,
         "frame_rate_hz": model.frame_rate_hz,
         "fingerprint": state_fingerprint(state),
-        "steps": config.steps,
+        "steps": steps,
         "final": history[-1] if history else {},
     }
-    save_tensors(out_dir / MODEL_FILE, state, meta)
-    _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
-    return model, history
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, state, meta)
 
 
 def _resume(checkpoint: Path, model: torch.nn.Module, optimizer, record: dict) -> tuple[list[dict], int]:
