@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -65,6 +66,8 @@ def train_encoder_model(
     record = {**config_record(config, sample_rate), "num_units": num_units}
     checkpoint = out_dir / CHECKPOINT_FILE
     history, first_step = _resume(checkpoint, model, optimizer, record)
+    # training time so far (carried over a resume), for curves of quality against training minutes
+    started = time.perf_counter() - (history[-1].get("elapsed_s", 0.0) if history else 0.0)
     train_ids, val_ids = split_validation(len(waves), config.validation_fraction)
     segment = round(config.segment_s * sample_rate)
     bar = tqdm(
@@ -73,6 +76,7 @@ def train_encoder_model(
     model.train()
     for step in bar:
         entry = _train_step(model, optimizer, config, waves, labels, train_ids, segment, step, seed, device)
+        entry["elapsed_s"] = round(time.perf_counter() - started, 3)
         if val_ids and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
             entry["val_loss"] = validate(model, waves, labels, val_ids, segment, config, device)
         history.append(entry)

@@ -1,0 +1,141 @@
+"""Units of trained encoders against MFCC k-means on the demo's aligned data (issue 10): a table and a curve.
+
+Table (--units LABEL=FOLDER, repeatable): each FOLDER is a run whose units cover data/demo (evaluate ran with
+the demo's alignments); the table reads its metrics.json: PNMI, phone purity and cluster purity on the
+espeak-ng sentences and on the FSDD recordings (pocketsphinx alignments), reported separately, the cross-speaker
+digit probe, bit/s, and the minutes its encoder trained (from the model the features came from).
+
+Curve (--curve LABEL=MODEL_RUN:LAYER, repeatable): every snapshot a training run kept
+(train_encoder.keep_snapshots) and its final model, each through features (that layer) -> k-means K=100 ->
+quantize -> evaluate on data/demo, plotted as PNMI against training minutes; the MFCC row of the table (if any)
+is drawn as a reference line.
+
+Usage:
+  python scripts/compare_units.py --units "MFCC k-means=runs/demo" --units "HuBERT it2, L2=runs/hubert_units" \\
+      --curve "masked_prediction=runs/hubert:2" --out docs/units
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+import speechvq.run  # noqa: E402, F401  registers the config schema
+from speechvq import pipeline  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("espeak", "fsdd")
+
+
+def training_minutes(folder: Path) -> float | None:
+    """Minutes the encoder behind the folder's features trained (0 for features without a model)."""
+    config = json.loads((folder / "features/index.json").read_text())["feature_config"]
+    if config["name"] != "encoder":
+        return 0.0
+    model = Path(config["checkpoint"])
+    meta_path = model.with_suffix(".json") if model.suffix == ".safetensors" else model / "encoder/model.json"
+    final = json.loads(meta_path.read_text()).get("final", {})
+    return final["elapsed_s"] / 60 if "elapsed_s" in final else None
+
+
+def row(label: str, folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    groups = metrics["alignment"]["groups"]
+    return {
+        "label": label,
+        "folder": str(folder),
+        **{f"{key}_{g}": groups[g][key] for g in GROUPS for key in ("pnmi", "phone_purity", "cluster_purity")},
+        "word_probe": metrics.get("word_probe", {}).get("accuracy"),
+        "bitrate_bps": metrics["bitrate_bps"],
+        "entropy_bitrate_bps": metrics["entropy_bitrate_bps"],
+        "training_min": training_minutes(folder),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| units | PNMI espeak | PNMI fsdd | phone purity espeak / fsdd | cluster purity espeak / fsdd | digit probe "
+        "| bit/s (entropy) | training min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        minutes = "—" if r["training_min"] is None else f"{r['training_min']:.1f}"
+        probe = "—" if r["word_probe"] is None else f"{r['word_probe']:.3f}"
+        lines.append(
+            f"| {r['label']} | {r['pnmi_espeak']:.3f} | {r['pnmi_fsdd']:.3f} "
+            f"| {r['phone_purity_espeak']:.3f} / {r['phone_purity_fsdd']:.3f} "
+            f"| {r['cluster_purity_espeak']:.3f} / {r['cluster_purity_fsdd']:.3f} | {probe} "
+            f"| {r['bitrate_bps']:.0f} ({r['entropy_bitrate_bps']:.0f}) | {minutes} |"
+        )
+    return "\n".join(lines)
+
+
+def curve_points(label: str, model_run: Path, layer: int, out: Path) -> list[dict]:
+    snapshots = sorted((model_run / "encoder/snapshots").glob("step*.safetensors"))
+    points = []
+    for model in [*snapshots, model_run / "encoder/model.safetensors"]:
+        meta = json.loads(model.with_suffix(".json").read_text())
+        overrides = [
+            "features=encoder", f"features.checkpoint={model.resolve()}", f"features.layer={layer}",
+            "codebook=kmeans", "codebook.codebook_size=100", "stages=[features,train,quantize,evaluate]",
+        ]  # fmt: skip
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            config = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+        run_dir = out / "curve_runs" / label.replace(" ", "_") / f"step{meta['steps']:07d}"
+        pipeline.run(config, run_dir)
+        points.append({"label": label, "steps": meta["steps"], **row(label, run_dir)})
+        print(f"{label} step {meta['steps']}: {points[-1]['training_min']:.1f} min, PNMI espeak "
+              f"{points[-1]['pnmi_espeak']:.3f}, fsdd {points[-1]['pnmi_fsdd']:.3f}", flush=True)  # fmt: skip
+    return points
+
+
+def plot(points: list[dict], reference: dict | None, path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for axis, group in zip(axes, GROUPS):
+        for label in dict.fromkeys(p["label"] for p in points):
+            mine = [p for p in points if p["label"] == label]
+            axis.plot([p["training_min"] for p in mine], [p[f"pnmi_{group}"] for p in mine], "o-", label=label)
+        if reference:
+            axis.axhline(reference[f"pnmi_{group}"], color="gray", linestyle="--", label=reference["label"])
+        axis.set_title(f"{group}: PNMI of k-means K=100 units")
+        axis.set_xlabel("training minutes (2 CPU cores)")
+        axis.set_ylabel("PNMI")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--units", action="append", default=[], help="LABEL=RUN_FOLDER (a table row)")
+    parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (a curve)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare_units"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [row(label, Path(folder)) for label, folder in (spec.split("=", 1) for spec in args.units)]
+    table = markdown(rows)
+    print(table)
+    (args.out / "units_table.md").write_text(table + "\n")
+    points = []
+    for spec in args.curve:
+        label, target = spec.split("=", 1)
+        model_run, layer = target.rsplit(":", 1)
+        points += curve_points(label, Path(model_run), int(layer), args.out)
+    if points:
+        reference = next((r for r in rows if r["training_min"] == 0.0), None)
+        plot(points, reference, args.out / "pnmi_vs_minutes.png")
+    (args.out / "units_comparison.json").write_text(json.dumps({"table": rows, "curve": points}, indent=2) + "\n")
+    print(f"wrote {args.out}/units_table.md, units_comparison.json" + (", pnmi_vs_minutes.png" if points else ""))
+
+
+if __name__ == "__main__":
+    main()
