@@ -357,6 +357,10 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     _check_objective(config)
     _check_iteration(config)
+    if config.evaluate.word_probe:
+        from .probe import word_pattern
+
+        word_pattern(config.evaluate.word_probe)
     if not t.validation_fraction < 1:
         raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
     if not 0 < t.quantizer.ema_decay < 1:

@@ -45,7 +45,7 @@ def run_iterations(config: RunConfig, run_dir: str | Path):
             units,
         )
         rows.append(_row(number, trained, summary))
-        log.info("iteration %d: %s", number, _describe(rows[-1]))
+        log.info("%s", _describe(rows[-1]))
     fileio.write_json(root.iterations_summary, rows)
     log.info("iterations (units on %s):\n%s", config.data.path, "\n".join(_describe(r) for r in rows))
     return summary

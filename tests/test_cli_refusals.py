@@ -56,6 +56,12 @@ CASES = [  # (override, key the error must name)
     ("features=ssl", "features.checkpoint"),
     ("train_encoder.objective.name=hubert", "train_encoder.objective.name"),
     ("train_encoder.objective.mask_prob=1.0", "train_encoder.objective.mask_prob"),
+    ("train_encoder/objective=contrastive", "train_encoder.quantizer.name"),  # contrastive needs gumbel
+    ("train_encoder.objective.front_end=mel", "train_encoder.objective.front_end"),
+    ("train_encoder.lr_schedule=linear", "train_encoder.lr_schedule"),
+    ("train_encoder.warmup_steps=-1", "train_encoder.warmup_steps"),
+    ("iteration.count=-1", "iteration.count"),
+    ("iteration.count=2", "features.name"),  # HuBERT's iterations on MFCC features: not what they are
 ]
 if not torch.cuda.is_available():
     CASES += [("quantize.precision=fast", "quantize.precision"), ("device=cuda", "device")]

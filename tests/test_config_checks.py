@@ -61,6 +61,9 @@ BAD = [
     ("features.num_ceps", 30),  # more cepstra than the 23 mel bins
     ("features.frame_shift_ms", 0.0),
     ("features.layer", -1),
+    ("evaluate.word_probe", "(?P<label>\\d"),  # not a regular expression
+    ("evaluate.word_probe", "(\\d)_([a-z]+)"),  # without the named groups speaker and label
+    ("train_encoder.objective.num_negatives", 0),
 ]
 
 
