@@ -31,6 +31,17 @@ SPECIAL = [
         "train_encoder.checkpoint_every=2 train_encoder.validate_every=2",
     ),
     (
+        "experiment=hubert_iteration",
+        "append: iteration.count=2 iteration.train_data=data/demo train_encoder.steps=4 train_encoder.batch_size=2 "
+        "train_encoder.segment_s=1.0 train_encoder.checkpoint_every=2 train_encoder.validate_every=2",
+    ),
+    (
+        "experiment=contrastive_demo",
+        "append: train_encoder.data_path=data/demo train_encoder.steps=4 train_encoder.batch_size=2 "
+        "train_encoder.segment_s=1.0 train_encoder.checkpoint_every=2 train_encoder.validate_every=2 "
+        "train_encoder.keep_snapshots=true",
+    ),
+    (
         "experiment=encoder_demo",
         "append: train_encoder.steps=20 train_encoder.checkpoint_every=10 train_encoder.validate_every=10",
     ),
