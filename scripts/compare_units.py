@@ -78,8 +78,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def curve_points(label: str, model_run: Path, layer: int, out: Path) -> list[dict]:
+def curve_points(label: str, model_run: Path, layer: int, out: Path, every: int) -> list[dict]:
     snapshots = sorted((model_run / "encoder/snapshots").glob("step*.safetensors"))
+    snapshots = [s for s in snapshots if int(s.stem[len("step") :]) % every == 0]
     points = []
     for model in [*snapshots, model_run / "encoder/model.safetensors"]:
         meta = json.loads(model.with_suffix(".json").read_text())
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--units", action="append", default=[], help="LABEL=RUN_FOLDER (a table row)")
     parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (a curve)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_units"))
+    parser.add_argument("--snapshot-every", type=int, default=1, help="curve: only snapshots at multiples of this step")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [row(label, Path(folder)) for label, folder in (spec.split("=", 1) for spec in args.units)]
@@ -129,7 +131,7 @@ def main() -> None:
     for spec in args.curve:
         label, target = spec.split("=", 1)
         model_run, layer = target.rsplit(":", 1)
-        points += curve_points(label, Path(model_run), int(layer), args.out)
+        points += curve_points(label, Path(model_run), int(layer), args.out, args.snapshot_every)
     if points:
         reference = next((r for r in rows if r["training_min"] == 0.0), None)
         plot(points, reference, args.out / "pnmi_vs_minutes.png")
