@@ -21,6 +21,7 @@ from speechvq.audio import load_waveform
 from speechvq.config import QuantizerConfig, TrainEncoderConfig
 from speechvq.encoder.checkpoint import load_encoder
 from speechvq.encoder.contrastive import ContrastiveModel, contrastive_logits, sample_distractors
+from speechvq.encoder.hubert import MaskedPredictionModel
 from speechvq.encoder.quantizers import GumbelVQ
 from speechvq.encoder.train import learning_rate_at
 
@@ -93,9 +94,14 @@ def test_the_loss_is_a_function_of_the_seed_and_counts_every_part():
     )
 
 
+@pytest.mark.parametrize("objective", ["contrastive", "masked_prediction"])
 @pytest.mark.parametrize("front_end", ["logmel", "waveform"])
-def test_layer_features_are_the_same_alone_or_in_a_padded_batch(front_end):
-    model = tiny(front_end).eval()
+def test_layer_features_are_the_same_alone_or_in_a_padded_batch(objective, front_end):
+    torch.manual_seed(0)
+    model = (
+        tiny(front_end) if objective == "contrastive" else MaskedPredictionModel(32, 2, 4, 7, 16, front_end=front_end)
+    )
+    model.eval()
     waves = [torch.from_numpy(speechlike(s, 16000, i)) for i, s in enumerate((0.9, 0.31, 1.7))]
     for layer in (0, 1, 2):
         batch = model.layer_features(waves, layer)

@@ -1,5 +1,5 @@
-"""HuBERT-style masked prediction: masking, the 100 -> 50 Hz target mapping, the loss by hand, and layer
-features that are the same alone or in a padded batch."""
+"""HuBERT-style masked prediction: masking, the 100 -> 50 Hz target mapping, the loss by hand, resume and the
+iterations (layer features alone or batched: test_contrastive.py, for both prediction objectives)."""
 
 import dataclasses
 import json
@@ -73,17 +73,6 @@ def test_loss_is_cross_entropy_on_masked_frames_only():
 def tiny_model():
     torch.manual_seed(0)
     return MaskedPredictionModel(dim=32, layers=2, heads=4, num_units=7, proj_dim=16).eval()
-
-
-def test_layer_features_are_the_same_alone_or_in_a_padded_batch():
-    model = tiny_model()
-    waves = [torch.from_numpy(speechlike(s, 16000, i)) for i, s in enumerate((0.9, 0.31, 1.7))]
-    for layer in (0, 1, 2):
-        batch = model.layer_features(waves, layer)
-        for wave, batched in zip(waves, batch):
-            alone = model.layer_features([wave], layer)[0]
-            assert alone.shape == batched.shape == (model.num_frames(wave.numel()), 32)
-            torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_a_few_steps_learn_planted_targets():
