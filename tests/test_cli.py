@@ -87,6 +87,7 @@ MANDATORY = {
     ("codebook", "encoder"): ["features=encoder"],  # the encoder's own quantizer works on its own features
     ("experiment", "hubert_demo"): ["train_encoder.objective.targets=runs/x"],
     ("train_encoder/objective", "masked_prediction"): ["train_encoder.objective.targets=runs/x"],
+    ("train_encoder/objective", "contrastive"): ["train_encoder/quantizer=gumbel"],  # refused otherwise (tested)
 }
 NEEDS_WEIGHTS = {"encoder", "ssl"}  # built in their own tests, from real weight files
 
