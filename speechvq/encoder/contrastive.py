@@ -69,7 +69,7 @@ class ContrastiveModel(TransformerEncoder):
         self.quantizer.temperature = gumbel_temperature(config, step)
         raw, valid = self.front_end_frames(grid_crops(waves, segment, FRAME_HOP, generator))
         penalty = raw[valid].pow(2).mean()  # on the frames before the layer norm, as wav2vec 2.0 does
-        x = torch.where(valid.unsqueeze(-1), self.front_norm(raw), 0.0)
+        x = self.normalized(raw, valid)
         quantized = self.quantizer(x, device_generator)
         masks = [span_mask(int(n), o.mask_prob, o.mask_span, generator) for n in valid.sum(1)]
         mask = nn.utils.rnn.pad_sequence(masks, batch_first=True).to(device)

@@ -78,7 +78,11 @@ class TransformerEncoder(nn.Module):
         """Waveforms of any lengths -> (batch, frames, dim) layer-normed 50 Hz frames, zero-padded, and the valid
         mask."""
         raw, valid = self.front_end_frames(waveforms)
-        return torch.where(valid.unsqueeze(-1), self.front_norm(raw), 0.0), valid
+        return self.normalized(raw, valid), valid
+
+    def normalized(self, raw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The layer norm of front_end_frames' output, padded frames kept at zero."""
+        return torch.where(valid.unsqueeze(-1), self.front_norm(raw), 0.0)
 
     def front_end_frames(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The front end's frames before the layer norm (zero-padded) and the valid mask. Each waveform goes
