@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Choice(str, Enum):
@@ -28,6 +29,8 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Choice]:
 OnError = _choice("OnError", ("raise", "skip"))
 Normalize = _choice("Normalize", ("none", "utterance", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
+LayerReduction = _choice("LayerReduction", ("concat", "mean"))
+SSLDtype = _choice("SSLDtype", ("float32", "bfloat16"))
 FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
 LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
 Stage = _choice("Stage", ("train_encoder", "features", "train", "quantize", "evaluate", "merge"))  # run order
@@ -60,12 +63,22 @@ class FeatureConfig:
         "none"
     ]  # none | utterance (CMVN per utterance) | global (stats stored with the codebook)
     checkpoint: str | None = None  # encoder / ssl: model weights (encoder: a run folder works too)
-    ssl_model: str = "hubert_base"  # ssl: hubert_base | hubert_large | wav2vec2_base | wav2vec2_large
-    layer: int = 6  # ssl, encoder: Transformer layer whose output is the feature (1-based; encoder: 0 = front end)
+    ssl_model: str = "hubert_base"  # ssl: architecture of a bare state dict (hubert|wav2vec2|wavlm _base|_large)
+    # ssl, encoder: the layer whose output is the feature (0 = Transformer input / front end, L = layer L's output;
+    # ssl: transformers' hidden_states[L]). ssl also takes a list of layers, combined by layer_reduction.
+    layer: Any = 6
+    layer_reduction: LayerReduction = LayerReduction["concat"]  # ssl, several layers: concat | mean
+    dtype: SSLDtype = SSLDtype["float32"]  # ssl: float32 | bfloat16 (autocast, for GPUs)
     chunk_s: float = 30.0  # ssl: longer audio runs in chunks of this length with 1 s of context each side
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recorded feature config. Fields added after the first codebook format appear only when they differ
+        from their default, so codebooks made before they existed keep their fingerprints and stay compatible."""
+        recorded = asdict(self)
+        for key, default in (("layer_reduction", "concat"), ("dtype", "float32")):
+            if recorded[key] == default:
+                del recorded[key]
+        return recorded
 
 
 @dataclass
@@ -218,6 +231,8 @@ CHOICES = {
     "quantize.precision": Precision,
     "train_encoder.lr_schedule": LrSchedule,
     "train_encoder.objective.front_end": FrontEnd,
+    "features.layer_reduction": LayerReduction,
+    "features.dtype": SSLDtype,
 }
 POSITIVE = (
     "data.alignment_rate_hz", "data.batch_seconds", "data.part_mb", "features.sample_rate",
@@ -227,7 +242,7 @@ POSITIVE = (
 )  # fmt: skip
 AT_LEAST = {
     "data.num_workers": 0, "data.num_shards": 1, "features.num_ceps": 1, "features.num_mel_bins": 1,
-    "features.layer": 0, "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
+    "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
     "codebook.max_train_frames": 1, "train_encoder.steps": 1, "train_encoder.batch_size": 1,
     "train_encoder.validate_every": 1, "train_encoder.checkpoint_every": 1, "train_encoder.weight_decay": 0,
     "train_encoder.warmup_steps": 0,
@@ -293,6 +308,17 @@ def _check_families(config: RunConfig) -> None:
     OBJECTIVES.check(config.train_encoder.objective.name)
 
 
+def _check_layer(layer, features_name: str) -> None:
+    """An index >= 0; features=ssl also takes a non-empty list of them."""
+    from .errors import ConfigError
+
+    layers = list(layer) if features_name == "ssl" and not isinstance(layer, int | str | float) else [layer]
+    if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
+        allowed = "an index >= 0, or a non-empty list of them" if features_name == "ssl" else "an index >= 0"
+        shown = layer if isinstance(layer, int | str | float) or layer is None else list(layer)
+        raise ConfigError("features.layer", shown, f"must be {allowed}")
+
+
 def _check_objective(config: RunConfig) -> None:
     from .encoder import OBJECTIVES
     from .errors import ConfigError
@@ -350,6 +376,7 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError("features.checkpoint", f.checkpoint, f"features={f.name} needs local weights")
     if not 0 <= d.shard_index < d.num_shards:
         raise ConfigError("data.shard_index", d.shard_index, f"must be in 0..{d.num_shards - 1} (data.num_shards)")
+    _check_layer(f.layer, f.name)
     required = UNIT_KINDS.get(config.codebook.name).required_features
     if required and f.name != required:
         raise ConfigError("codebook.name", config.codebook.name, f"works on features={required}, not {f.name}")

@@ -70,3 +70,27 @@ class ConfigError(SpeechVQError):
     def __init__(self, key: str, value: object, reason: str):
         self.key, self.value, self.reason = key, value, reason
         super().__init__(f"bad config {key}={value!r}: {reason}")
+
+
+class CheckpointError(SpeechVQError):
+    """A model checkpoint that cannot be used: unreadable, truncated, or not a model speechvq knows."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot load checkpoint {self.path}: {reason}")
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint that asks to run code outside the allow-list; nothing of it was executed."""
+
+    def __init__(self, path: str | Path, refused: str):
+        self.refused = refused
+        super().__init__(path, f"refused to unpickle {refused} (only tensors, plain containers and config data load)")
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Weights that do not fit the architecture the checkpoint's own config describes."""
+
+    def __init__(self, path: str | Path, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(path, f"weight {key!r}: {problem}")

@@ -1,41 +1,27 @@
-"""Layer-N features of a pretrained HuBERT / wav2vec 2.0 model through torchaudio.models, from local weights.
+"""Layer features of a pretrained HuBERT / wav2vec 2.0 / WavLM model (any checkpoint ssl_checkpoint reads).
 
-Batched inference pads the transformer input and masks it; the conv front end runs on each file unpadded,
+Layer L follows transformers' (5.x) `hidden_states[L]`: 0 is the Transformer's input (after the positional
+convolution, and its layer norm in post-norm models), L is the output of Transformer layer L as it is, also for
+the last layer of a pre-norm ("stable layer norm", large) model: the encoder's final layer norm, which only
+`last_hidden_state` carries, is not applied (as in fairseq's layer results and torchaudio's extract_features).
+
+Batched inference pads the Transformer input and masks it; the conv front end runs on each file unpadded,
 because the base models' GroupNorm normalizes over time and would otherwise see the padding. Together this
-makes a file's features the same whether it runs alone or in a batch."""
+makes a file's features the same whether it runs alone or in a batch. Files are batched in length order."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+import math
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import FeatureConfig
 from ..errors import ConfigError
-from ..registry import Registry
+from .ssl_checkpoint import SSL_MODELS, read_checkpoint
 
-SSL_MODELS = Registry("features.ssl_model")  # architectures built by torchaudio.models
-for _name in ("hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large"):
-    SSL_MODELS.register(_name, f"torchaudio.models:{_name}")
+__all__ = ["SSL_MODELS", "SSLExtractor"]
 CONTEXT_S = 1.0
-
-
-def load_ssl_model(name: str, checkpoint: str | Path) -> torch.nn.Module:
-    """A torchaudio model with weights from a .safetensors state dict, or a torchaudio state dict saved with
-    torch.save (read with weights_only=True, which refuses arbitrary pickled objects)."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise ConfigError("features.checkpoint", str(path), "file does not exist (nothing is downloaded)")
-    state = (
-        load_file(str(path))
-        if path.suffix == ".safetensors"
-        else torch.load(path, weights_only=True, map_location="cpu")
-    )
-    model = SSL_MODELS.get(name)()
-    model.load_state_dict(state)
-    return model.eval()
+BATCH_CHUNKS = 4  # a padded batch holds at most this many chunk_s of audio
 
 
 class SSLExtractor:
@@ -46,20 +32,29 @@ class SSLExtractor:
         if not config.checkpoint:
             raise ConfigError("features.checkpoint", None, "features=ssl needs local weights (features.checkpoint)")
         self.config = config
-        self.model = load_ssl_model(config.ssl_model, config.checkpoint)
-        num_layers = len(self.model.encoder.transformer.layers)
-        if not 1 <= config.layer <= num_layers:
-            raise ConfigError("features.layer", config.layer, f"{config.ssl_model} has layers 1..{num_layers}")
-        self.dim = self.model.encoder.transformer.layers[0].attention.embed_dim
-        self.hop = 320
+        checkpoint = read_checkpoint(config.checkpoint, config.ssl_model)
+        self.model, self.normalize_waveform = checkpoint.model, checkpoint.normalize_waveform
+        self._fingerprint, self.family = checkpoint.fingerprint, checkpoint.family
+        transformer = self.model.encoder.transformer
+        num_layers = len(transformer.layers)
+        self.layers = [config.layer] if isinstance(config.layer, int) else [int(layer) for layer in config.layer]
+        if not self.layers or not all(0 <= layer <= num_layers for layer in self.layers):
+            reason = f"this {checkpoint.family} model has layers 0..{num_layers}"
+            raise ConfigError("features.layer", config.layer, reason)
+        if config.layer_reduction not in ("concat", "mean"):
+            raise ConfigError("features.layer_reduction", config.layer_reduction, "must be concat or mean")
+        width = transformer.layers[0].attention.embed_dim if num_layers else transformer.pos_conv_embed.embed_dim
+        self.dim = width * (len(self.layers) if config.layer_reduction == "concat" else 1)
+        convs = self.model.feature_extractor.conv_layers
+        self._convs = [(layer.conv.kernel_size[0], layer.conv.stride[0]) for layer in convs]
+        self.hop = math.prod(stride for _, stride in self._convs)
         self.frame_rate_hz = config.sample_rate / self.hop
-        self._fingerprint = hashlib.sha256(Path(config.checkpoint).read_bytes()).hexdigest()[:16]
 
     def describe(self) -> dict:
         return {**self.config.to_dict(), "model_fingerprint": self._fingerprint}
 
     def num_frames(self, num_samples: int) -> int:
-        for kernel, stride in zip((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)):
+        for kernel, stride in self._convs:
             num_samples = (num_samples - kernel) // stride + 1 if num_samples >= kernel else 0
         return num_samples
 
@@ -68,27 +63,59 @@ class SSLExtractor:
 
     @torch.inference_mode()
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Different-length (num_samples,) waveforms -> [(num_frames_i, dim)]: the short ones in one padded,
-        masked forward pass, each long one in overlapping chunks, too-short ones as (0, dim)."""
+        """Different-length (num_samples,) waveforms -> [(num_frames_i, dim)]: the short ones in padded, masked
+        forward passes of similar lengths, each long one in overlapping chunks, too-short ones as (0, dim)."""
+        waveforms = [self._prepare(wave) for wave in waveforms]
         chunk = round(self.config.chunk_s * self.config.sample_rate) // self.hop * self.hop
         out: list[torch.Tensor | None] = [None] * len(waveforms)
         short = [i for i, w in enumerate(waveforms) if 0 < self.num_frames(w.numel()) and w.numel() <= chunk]
-        for i, frames in zip(short, self._forward([waveforms[i] for i in short]) if short else []):
-            out[i] = frames
+        for group in _length_groups(sorted(short, key=lambda i: waveforms[i].numel()), waveforms, BATCH_CHUNKS * chunk):
+            for i, frames in zip(group, self._forward([waveforms[i] for i in group])):
+                out[i] = frames
         for i, wave in enumerate(waveforms):
             if out[i] is None:
                 empty = self.num_frames(wave.numel()) == 0
-                out[i] = wave.new_zeros((0, self.dim)) if empty else self._chunked(wave.to(self._device()), chunk)
+                out[i] = wave.new_zeros((0, self.dim)) if empty else self._chunked(wave, chunk)
         return out
+
+    def _prepare(self, wave: torch.Tensor) -> torch.Tensor:
+        """On the model's device; zero mean and unit variance over the whole file where the model expects it
+        (as transformers' feature extractor does it), before any chunking."""
+        wave = wave.to(self._device(), torch.float32)
+        if self.normalize_waveform and wave.numel():
+            wave = (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
+        return wave
 
     def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         device = self._device()
-        fronts = [self.model.feature_extractor(w.to(device).view(1, -1), None)[0][0] for w in waveforms]
-        lengths = torch.tensor([f.shape[0] for f in fronts], device=device)
-        padded = torch.nn.utils.rnn.pad_sequence(fronts, batch_first=True)
-        # The encoder zeroes padded frames and masks them out of attention.
-        layers = self.model.encoder.extract_features(padded, lengths, num_layers=self.config.layer)
-        return [layers[-1][i, : int(n)].float() for i, n in enumerate(lengths)]
+        bf16 = self.config.dtype == "bfloat16"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            fronts = [self.model.feature_extractor(w.view(1, -1), None)[0][0] for w in waveforms]
+            lengths = torch.tensor([f.shape[0] for f in fronts], device=device)
+            padded = torch.nn.utils.rnn.pad_sequence(fronts, batch_first=True)
+            hidden = self._hidden_states(padded, lengths)
+        stacked = torch.stack([hidden[layer].float() for layer in self.layers])  # (num_layers, batch, time, width)
+        if self.config.layer_reduction == "mean":
+            frames = stacked.mean(dim=0)
+        else:
+            frames = torch.cat(list(stacked), dim=-1)
+        return [frames[i, : int(n)] for i, n in enumerate(lengths)]
+
+    def _hidden_states(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The wanted layers' outputs (transformers' hidden_states numbering); the encoder zeroes padded frames
+        and masks them out of attention."""
+        x, mask = self.model.encoder._preprocess(padded, lengths)
+        padding = None
+        if self.family == "wavlm":  # its attention takes the padding as a key mask, not as an additive mask
+            padded_keys = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+            mask, padding = None, torch.zeros_like(padded_keys, dtype=x.dtype).masked_fill(padded_keys, -torch.inf)
+        transformer = self.model.encoder.transformer
+        x = transformer._preprocess(x)
+        hidden, position_bias, top = {0: x}, None, max(self.layers)
+        for number, layer in enumerate(transformer.layers[:top], start=1):
+            x, position_bias = layer(x, mask, position_bias=position_bias, key_padding_mask=padding)
+            hidden[number] = x
+        return hidden
 
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         if self._device() != samples.device:
@@ -111,3 +138,14 @@ class SSLExtractor:
                 break
             out[first:last] = frames[first - start // self.hop : last - start // self.hop]
         return out
+
+
+def _length_groups(order: list[int], waveforms: list[torch.Tensor], max_padded_samples: int) -> list[list[int]]:
+    """Consecutive runs of the length-sorted indices whose padded size (count x longest) fits the budget."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * waveforms[i].numel() <= max_padded_samples:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
