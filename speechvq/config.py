@@ -29,7 +29,7 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Choice]:
 OnError = _choice("OnError", ("raise", "skip"))
 Normalize = _choice("Normalize", ("none", "utterance", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
-LayerReduction = _choice("LayerReduction", ("concat", "mean"))
+LayerReduction = _choice("LayerReduction", ("concat", "mean", "tokens"))
 SSLDtype = _choice("SSLDtype", ("float32", "bfloat16"))
 FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
 LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
@@ -67,7 +67,8 @@ class FeatureConfig:
     # ssl, encoder: the layer whose output is the feature (0 = Transformer input / front end, L = layer L's output;
     # ssl: transformers' hidden_states[L]). ssl also takes a list of layers, combined by layer_reduction.
     layer: Any = 6
-    layer_reduction: LayerReduction = LayerReduction["concat"]  # ssl, several layers: concat | mean
+    # ssl, several layers: concat | mean | tokens (k-means: one codebook and one unit stream per layer)
+    layer_reduction: LayerReduction = LayerReduction["concat"]
     dtype: SSLDtype = SSLDtype["float32"]  # ssl: float32 | bfloat16 (autocast, for GPUs)
     chunk_s: float = 30.0  # ssl: longer audio runs in chunks of this length with 1 s of context each side
 

@@ -17,7 +17,6 @@ from .run_folder import RunFolder
 
 
 class KMeansUnits:
-    num_codebooks = 1
     trains_codebook = True  # the train stage runs k-means for it
     required_features = None  # any feature family
 
@@ -31,6 +30,7 @@ class KMeansUnits:
         self.codebook, self.chunk_size, self.precision = codebook, chunk_size, precision
         self.fingerprint = codebook.fingerprint
         self.codebook_size = codebook.codebook_size
+        self.num_codebooks = codebook.num_streams  # several for multi-layer tokens
         self.feature_config = codebook.feature_config
         self.kind = "kmeans"
 
@@ -38,18 +38,21 @@ class KMeansUnits:
         self.codebook.check_compatible(feature_config, dim)
 
     def assign(self, frames: torch.Tensor) -> torch.Tensor:
-        """Raw feature frames (num_frames, dim) -> (num_frames, 1) int64."""
-        units, _ = nearest_codewords(
-            self.codebook.normalize(frames),
-            self.codebook.centroids.to(frames.device),
-            self.chunk_size,
-            self.precision,
-        )
-        return units.unsqueeze(1)
+        """Raw feature frames (num_frames, dim) -> (num_frames, num_codebooks) int64: each stream's slice of the
+        frames against that stream's codewords (one stream unless multi-layer tokens)."""
+        normalized, centroids = self.codebook.normalize(frames), self.codebook.centroids.to(frames.device)
+        streams = [
+            nearest_codewords(
+                normalized[:, part].contiguous(), centroids[:, part].contiguous(), self.chunk_size, self.precision
+            )[0]
+            for part in self.codebook.stream_slices()
+        ]
+        return torch.stack(streams, dim=1)
 
     def lookup(self, units: torch.Tensor) -> torch.Tensor:
-        """(num_frames, 1) -> centroids (num_frames, dim) in the normalized (assignment) space."""
-        return self.codebook.centroids[units[:, 0].cpu()]
+        """(num_frames, num_codebooks) -> codewords (num_frames, dim) in the normalized (assignment) space."""
+        parts = self.codebook.stream_slices()
+        return torch.cat([self.codebook.centroids[units[:, s].cpu(), part] for s, part in enumerate(parts)], dim=1)
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         return self.codebook.normalize(frames)

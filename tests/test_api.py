@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,9 @@ KINDS = {
     "kmeans_ssl_two_layers": lambda d, tmp: _config(
         d, FeatureConfig(name="ssl", checkpoint=_hf_folder(tmp / "hf"), layer=[1, 3])
     ),
+    "kmeans_ssl_layer_tokens": lambda d, tmp: _config(
+        d, FeatureConfig(name="ssl", checkpoint=_hf_folder(tmp / "hf"), layer=[1, 3], layer_reduction="tokens")
+    ),
     "vq_ema": lambda d, tmp: _learned(d, "vq_ema", 8),
     "residual": lambda d, tmp: _learned(d, "residual", 4, 2),
     "product": lambda d, tmp: _learned(d, "product", 4, 2),
@@ -156,3 +160,19 @@ def test_decode_is_the_log_mel_the_units_stand_for(dataset, tmp_path):
 def test_a_folder_without_a_codebook_is_a_named_error(tmp_path):
     with pytest.raises(MissingArtifactError, match="codebook.safetensors"):
         load(tmp_path)
+
+
+def test_layer_tokens_are_each_layers_own_kmeans(dataset, tmp_path):
+    """features.layer=[1,3] with layer_reduction=tokens: stream 0 and stream 1 are exactly the units of single-layer
+    runs on layer 1 and on layer 3 (same seed, same K); the JSONL gives each stream's offset in a joint vocabulary."""
+    checkpoint = _hf_folder(tmp_path / "hf")
+    runs = {}
+    for name, layer, reduction in (("tokens", [1, 3], "tokens"), ("one", 1, "concat"), ("three", 3, "concat")):
+        features = FeatureConfig(name="ssl", checkpoint=checkpoint, layer=layer, layer_reduction=reduction)
+        pipeline.run(_config(dataset, features), tmp_path / name)
+        runs[name] = tmp_path / name
+    assert (runs["tokens"] / "train.q0.km").read_text() == (runs["one"] / "train.km").read_text()
+    assert (runs["tokens"] / "train.q1.km").read_text() == (runs["three"] / "train.km").read_text()
+    record = json.loads((runs["tokens"] / "units.jsonl").read_text().splitlines()[0])
+    assert record["unit_offsets"] == [0, KMEANS.codebook_size] and len(record["units"]) == 2
+    assert load(runs["tokens"]).num_codebooks == 2

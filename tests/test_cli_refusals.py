@@ -41,6 +41,10 @@ CASES = [  # (override, key the error must name)
     ("features.frame_shift_ms=0", "features.frame_shift_ms"),
     ("features.num_ceps=30", "features.num_ceps"),  # more cepstra than the 23 mel bins
     ("features.layer=-1", "features.layer"),
+    ("features.layer=[6,9]", "features.layer"),  # a list of layers is for features=ssl only
+    ("features.layer=abc", "features.layer"),
+    ("features.layer_reduction=sum", "features.layer_reduction"),
+    ("features.dtype=half", "features.dtype"),
     ("train_encoder.steps=0", "train_encoder.steps"),
     ("train_encoder.batch_size=0", "train_encoder.batch_size"),
     ("train_encoder.learning_rate=0", "train_encoder.learning_rate"),

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPECIAL = [
     ("make test", "skip: the test suite itself"),
     ("/corpora/", "substitute"),
+    ("/models/", "substitute"),
     ("compare_quantizers.py", "skip: a 25-minute benchmark of seven trainings (run by hand; README table)"),
     (
         "experiment=hubert_demo",
@@ -52,7 +53,22 @@ SUBSTITUTIONS = {
     "/corpora/LibriSpeech/train-clean-100": "data/demo",  # a folder of audio
     "/corpora/dev.tsv": "runs/demo/train.tsv",  # a fairseq manifest (the one make demo wrote)
     "device=cuda": "device=auto",  # CUDA where the test machine has it
+    "/models/hubert-base-ls960": "checkpoints/hubert-tiny",  # a Hugging Face folder: tiny_hubert_folder makes one
 }
+
+
+def tiny_hubert_folder(folder: Path) -> None:
+    """A randomly initialised HuBERT in Hugging Face's layout with the real conv front end (20 ms frames) and a
+    small Transformer, standing for the user's downloaded hubert-base-ls960."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64, conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    transformers.HubertModel(config).save_pretrained(folder)
 
 
 def shell_commands(markdown: str) -> list[str]:
@@ -106,6 +122,7 @@ def test_readme_commands_run_as_written(tmp_path):
     readme = (REPO / "README.md").read_text()
     (tmp_path / "data").symlink_to(REPO / "data")
     (tmp_path / "scripts").symlink_to(REPO / "scripts")
+    tiny_hubert_folder(tmp_path / "checkpoints" / "hubert-tiny")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     ran, skipped = [], []
     for command in shell_commands(readme):

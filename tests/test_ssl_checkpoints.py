@@ -3,6 +3,7 @@ and loading that never runs pickled code. Tiny randomly initialised models, made
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -175,6 +176,33 @@ def test_fairseq_checkpoint_equals_torchaudio_fairseq_mapping(tmp_path, fine_tun
             torch.testing.assert_close(batched, expected, atol=1e-4, rtol=1e-4)
             from_original = original.extract_features(wave.view(1, -1), num_layers=layer)[0][-1][0]
             torch.testing.assert_close(extractor(wave), from_original, atol=1e-4, rtol=1e-4)
+
+
+def test_old_fairseq_checkpoint_with_argparse_args_and_normalize(tmp_path):
+    """wav2vec_small.pt-style: no cfg, an argparse Namespace in `args`; normalize=True means the model expects
+    zero-mean unit-variance audio."""
+    original, state = _fairseq_checkpoint(tmp_path / "new.pt")
+    args = argparse.Namespace(**{**FAIRSEQ_MODEL, "arch": "wav2vec2", "normalize": True})
+    del args._name
+    torch.save({"args": args, "cfg": None, "model": state}, tmp_path / "old.pt")
+    extractor = build_extractor(FeatureConfig(name="ssl", checkpoint=str(tmp_path / "old.pt"), layer=2))
+    assert extractor.family == "wav2vec2" and extractor.normalize_waveform
+    wave = 2.5 * _waves()[1] + 0.05
+    normalized = (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
+    expected = original.extract_features(normalized.view(1, -1), num_layers=2)[0][-1][0]
+    torch.testing.assert_close(extractor(wave), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_huggingface_ctc_model_loads_without_its_head(tmp_path):
+    torch.manual_seed(2)
+    config = transformers.HubertConfig(**TINY, vocab_size=12)
+    ctc = transformers.HubertForCTC(config).eval()
+    ctc.save_pretrained(tmp_path / "ctc")
+    wave = _waves()[0]
+    with torch.no_grad():
+        expected = ctc.hubert(wave.view(1, -1), output_hidden_states=True).hidden_states[2][0]
+    extractor = build_extractor(FeatureConfig(name="ssl", checkpoint=str(tmp_path / "ctc"), layer=2))
+    torch.testing.assert_close(extractor(wave), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_fairseq_config_reads_back_as_plain_data(tmp_path):

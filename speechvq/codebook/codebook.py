@@ -20,6 +20,19 @@ FORMAT_VERSION = 1
 CODEBOOK_FILE = RunFolder.CODEBOOK
 
 
+def num_streams(feature_config: dict) -> int:
+    """Multi-layer tokens (features.layer_reduction=tokens): the frames are the layers side by side, each layer
+    has its own k-means, and row k of the centroids is codeword k of every layer, side by side. Else one."""
+    if feature_config.get("layer_reduction") != "tokens":
+        return 1
+    return len(feature_config["layer"])
+
+
+def stream_slices(dim: int, count: int) -> list[slice]:
+    width = dim // count
+    return [slice(s * width, (s + 1) * width) for s in range(count)]
+
+
 @dataclass(frozen=True)
 class Codebook:
     centroids: torch.Tensor  # (codebook_size, dim) float32
@@ -36,6 +49,13 @@ class Codebook:
     @property
     def dim(self) -> int:
         return self.centroids.shape[1]
+
+    @property
+    def num_streams(self) -> int:
+        return num_streams(self.feature_config)
+
+    def stream_slices(self) -> list[slice]:
+        return stream_slices(self.dim, self.num_streams)
 
     @property
     def fingerprint(self) -> str:

@@ -41,10 +41,11 @@ class SSLExtractor:
         if not self.layers or not all(0 <= layer <= num_layers for layer in self.layers):
             reason = f"this {checkpoint.family} model has layers 0..{num_layers}"
             raise ConfigError("features.layer", config.layer, reason)
-        if config.layer_reduction not in ("concat", "mean"):
-            raise ConfigError("features.layer_reduction", config.layer_reduction, "must be concat or mean")
+        if config.layer_reduction not in ("concat", "mean", "tokens"):
+            raise ConfigError("features.layer_reduction", config.layer_reduction, "must be concat, mean or tokens")
         width = transformer.layers[0].attention.embed_dim if num_layers else transformer.pos_conv_embed.embed_dim
-        self.dim = width * (len(self.layers) if config.layer_reduction == "concat" else 1)
+        # tokens: the layers side by side, as concat; the codebook then clusters each layer on its own
+        self.dim = width * (1 if config.layer_reduction == "mean" else len(self.layers))
         convs = self.model.feature_extractor.conv_layers
         self._convs = [(layer.conv.kernel_size[0], layer.conv.stride[0]) for layer in convs]
         self.hop = math.prod(stride for _, stride in self._convs)

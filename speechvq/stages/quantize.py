@@ -47,7 +47,7 @@ def quantize_dataset(
                 done += 1
             else:
                 units = units_model.assign(frames.to(device)).cpu()  # (part_frames, num_codebooks)
-                texts = _part_texts(entries, units, store.frame_rate_hz, quantize.dedup)
+                texts = _part_texts(entries, units, store.frame_rate_hz, quantize.dedup, units_model.codebook_size)
                 for name, lines in zip(names, texts):
                     fileio.write_text(parts_dir / f"{number:05d}.{name}", "".join(lines))
                 fileio.write_text(parts_dir / f"{number:05d}.done", "")
@@ -78,10 +78,12 @@ def _parts_dir(folder: RunFolder, key: str):
     return parts_dir
 
 
-def _part_texts(entries: list[StoredUtterance], units: torch.Tensor, frame_rate_hz, dedup: bool) -> list[list[str]]:
+def _part_texts(entries: list[StoredUtterance], units: torch.Tensor, frame_rate_hz, dedup: bool, codebook_size: int):
     """The lines of each unit file for one part's utterances: one .km stream per codebook, the JSONL units and,
-    with dedup, the deduplicated JSONL units (the order of the caller's `names`)."""
+    with dedup, the deduplicated JSONL units (the order of the caller's `names`). With several codebooks the JSONL
+    also gives each codebook's offset in one joint vocabulary (unit + offset), for models that want one."""
     num_codebooks = units.shape[1]
+    offsets = {"unit_offsets": [stream * codebook_size for stream in range(num_codebooks)]} if num_codebooks > 1 else {}
     streams: list[list[str]] = [[] for _ in range(num_codebooks)]
     records, dedup_records = [], []
     for entry in entries:
@@ -90,6 +92,7 @@ def _part_texts(entries: list[StoredUtterance], units: torch.Tensor, frame_rate_
             streams[stream].append(fileio.units_to_line(utt_units[:, stream]) + "\n")
         listed = utt_units[:, 0].tolist() if num_codebooks == 1 else utt_units.T.tolist()
         record = {"id": entry.utt_id, "units": listed, "num_frames": entry.num_frames, "frame_rate_hz": frame_rate_hz}
+        record.update(offsets)
         records.append(json.dumps(record, separators=(",", ":")) + "\n")
         if dedup:
             values, durations = fileio.deduplicate_rows(utt_units)
@@ -104,7 +107,9 @@ def _units_meta(folder: RunFolder, store: FeatureStore, units_model, split: str,
         name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)
     }
     contents[folder.units_jsonl.name] = "id, units, num_frames, frame_rate_hz" + (
-        "; units is one list per codebook" if len(streams) > 1 else ""
+        "; units is one list per codebook, unit_offsets each codebook's offset in a joint vocabulary"
+        if len(streams) > 1
+        else ""
     )
     if dedup:
         contents[folder.units_dedup_jsonl.name] = (

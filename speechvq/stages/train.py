@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..codebook import Codebook, kmeans
+from ..codebook.codebook import num_streams, stream_slices
 from ..codebook.kmeans import KMeansResult
 from ..config import CodebookConfig, DataConfig, FeatureConfig
 from ..errors import ConfigError
@@ -61,16 +62,10 @@ def train_codebook(
         return None
     store = FeatureStore(folder.features_dir)
     frames, mean, std, take = _training_frames(store, codebook, seed, per_rank)
-    if distributed():
-        fit = _train_distributed(frames, codebook, seed, device, per_rank)
-    else:
-        log.info("train: k-means K=%d on %d of %d frames (dim %d) on %s", c.codebook_size, take, store.num_frames,
-                 store.dim, device)  # fmt: skip
-        fit = kmeans(
-            frames.to(device), c.codebook_size, generator=torch.Generator(device=device).manual_seed(seed),
-            max_iter=c.max_iter, tol=c.tol, n_init=c.n_init, chunk_size=c.chunk_size, progress=True,
-            precision=c.precision,
-        )  # fmt: skip
+    log.info("train: k-means K=%d on %d of %d frames (dim %d) on %s", c.codebook_size, take, store.num_frames,
+             store.dim, device)  # fmt: skip
+    streams = stream_slices(store.dim, num_streams(store.feature_config))
+    fit = _join([_fit(frames[:, part].contiguous(), codebook, seed, device, per_rank) for part in streams])
     result = _save(fit, store, mean, std, take, codebook, seed, device, folder)
     mark_done(folder, "train", key)
     if distributed():
@@ -79,6 +74,28 @@ def train_codebook(
         "train: inertia %.6g after %d iterations; codebook %s", fit.inertia, fit.num_iterations, result.fingerprint
     )
     return result
+
+
+def _fit(frames: torch.Tensor, codebook: CodebookConfig, seed: int, device, per_rank: bool) -> KMeansResult:
+    if distributed():
+        return _train_distributed(frames, codebook, seed, device, per_rank)
+    c = codebook
+    return kmeans(
+        frames.to(device), c.codebook_size, generator=torch.Generator(device=device).manual_seed(seed),
+        max_iter=c.max_iter, tol=c.tol, n_init=c.n_init, chunk_size=c.chunk_size, progress=True, precision=c.precision,
+    )  # fmt: skip
+
+
+def _join(fits: list[KMeansResult]) -> KMeansResult:
+    """The k-means of each stream (multi-layer tokens) side by side, as the codebook stores them."""
+    if len(fits) == 1:
+        return fits[0]
+    return KMeansResult(
+        centroids=torch.cat([fit.centroids for fit in fits], dim=1),
+        inertia=sum(fit.inertia for fit in fits),
+        num_iterations=max(fit.num_iterations for fit in fits),
+        converged=all(fit.converged for fit in fits),
+    )
 
 
 def _training_frames(store: FeatureStore, codebook: CodebookConfig, seed: int, per_rank: bool):
