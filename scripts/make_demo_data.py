@@ -180,6 +180,14 @@ def copy_fsdd(source: Path, out: Path, per_speaker_digit: int) -> int:
     return copied
 
 
+def write_speakers(out: Path) -> int:
+    """speakers.tsv (utt_id, speaker) for ABX: the espeak voice of each sentence, the FSDD speaker from its name."""
+    rows = [line.split("\t")[:2] for line in (out / "espeak" / "sentences.tsv").read_text().splitlines()[1:]]
+    rows += [(f"fsdd/{p.stem}", p.stem.split("_")[1]) for p in sorted((out / "fsdd").glob("*.wav"))]
+    (out / "speakers.tsv").write_text("utt_id\tspeaker\n" + "".join(f"{u}\t{s}\n" for u, s in rows))
+    return len(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data/demo"))
@@ -208,6 +216,7 @@ def main() -> None:
         text_lines.append(f"{utt_id}\t{voice}\t{rate}\t{pitch}\t{sentence}\n")
     (args.out / "alignments.tsv").write_text("".join(alignment_lines))
     (speech_dir / "sentences.tsv").write_text("utt_id\tvoice\trate_wpm\tpitch\ttext\n" + "".join(text_lines))
+    write_speakers(args.out)
     print(f"copied {copied} FSDD recordings; synthesized {len(alignment_lines)} sentences into {speech_dir}")
 
 

@@ -31,6 +31,7 @@ Normalize = _choice("Normalize", ("none", "utterance", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
 LayerReduction = _choice("LayerReduction", ("concat", "mean", "tokens"))
 SSLDtype = _choice("SSLDtype", ("float32", "bfloat16"))
+AbxDistance = _choice("AbxDistance", ("angular", "euclidean", "kl", "kl_symmetric"))
 FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
 LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
 Stage = _choice("Stage", ("train_encoder", "features", "train", "quantize", "evaluate", "merge"))  # run order
@@ -41,6 +42,7 @@ class DataConfig:
     path: str | None = "data/demo"  # folder (recursive), fairseq .tsv or .jsonl manifest (required)
     alignments: str | None = None  # phone labels: a TSV at 100 Hz, or a folder of Praat TextGrids
     alignment_rate_hz: float = 100.0  # frame rate of the TSV labels
+    speakers: str | None = None  # utt_id<TAB>speaker TSV (ABX in the evaluate stage needs it with alignments)
     split: str = "train"  # name of the output files: <split>.km, <split>.tsv
     num_workers: int = 2  # decoding processes (0 = decode in the main process)
     batch_seconds: float = 60.0  # audio per feature-extraction batch (bounds the memory of the features stage)
@@ -174,6 +176,20 @@ class QuantizeConfig:
 
 
 @dataclass
+class AbxConfig:
+    """ABX error rates (ZeroSpeech / libri-light) from triphone items made of data.alignments and data.speakers."""
+
+    enabled: bool = True  # runs when data.alignments and data.speakers are both set
+    distance: AbxDistance = AbxDistance["angular"]  # angular | euclidean | kl | kl_symmetric
+    # features: the frames as the units are assigned (normalized as the codebook sees them); units: one-hot of the
+    # first stream's units; codewords: each frame's codeword vector
+    inputs: list[str] = field(default_factory=lambda: ["features", "units"])
+    max_size_group: int = 10  # larger (context, speaker, phone) groups are subsampled (seeded)
+    max_x_across: int = 5  # X speakers drawn per across-speaker comparison
+    seed: int = 3459
+
+
+@dataclass
 class EvaluateConfig:
     plot: bool = True  # codebook usage PNG
     alignment_tolerance_frames: int = 3  # allowed length difference between units and labels
@@ -181,6 +197,7 @@ class EvaluateConfig:
     resynthesize: int = 0  # write this many Griffin-Lim WAVs from units beside the originals
     # utterance ids to probe for cross-speaker word identity: a regex with groups speaker and label (FSDD names)
     word_probe: str | None = r"(?:^|/)(?P<label>\d)_(?P<speaker>[a-z]+)_\d+$"
+    abx: AbxConfig = field(default_factory=AbxConfig)
 
 
 @dataclass
@@ -234,6 +251,7 @@ CHOICES = {
     "train_encoder.objective.front_end": FrontEnd,
     "features.layer_reduction": LayerReduction,
     "features.dtype": SSLDtype,
+    "evaluate.abx.distance": AbxDistance,
 }
 POSITIVE = (
     "data.alignment_rate_hz", "data.batch_seconds", "data.part_mb", "features.sample_rate",
@@ -254,7 +272,8 @@ AT_LEAST = {
     "train_encoder.objective.layers": 1, "train_encoder.objective.heads": 1, "train_encoder.objective.proj_dim": 1,
     "train_encoder.objective.mask_span": 1, "train_encoder.objective.mask_prob": 0,
     "train_encoder.objective.unmasked_weight": 0, "train_encoder.objective.num_negatives": 1,
-    "train_encoder.objective.feature_penalty": 0, "iteration.count": 0,
+    "train_encoder.objective.feature_penalty": 0, "iteration.count": 0, "evaluate.abx.max_size_group": 1,
+    "evaluate.abx.max_x_across": 1,
 }  # fmt: skip
 OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
 
@@ -385,6 +404,10 @@ def _check_combinations(config: RunConfig) -> None:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     _check_objective(config)
     _check_iteration(config)
+    unknown = [name for name in config.evaluate.abx.inputs if name not in ("features", "units", "codewords")]
+    if unknown or not config.evaluate.abx.inputs:
+        inputs = list(config.evaluate.abx.inputs)
+        raise ConfigError("evaluate.abx.inputs", inputs, "choose from features, units, codewords")
     if config.evaluate.word_probe:
         from .probe import word_pattern
 

@@ -45,6 +45,8 @@ def format_report(result) -> str:
                     f"{p['num_speakers']} speakers",
                 )
             )
+        for name, scores in m.get("abx", {}).items():
+            rows.append((f"ABX error within / across ({name})", _abx_text(scores)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
@@ -55,3 +57,10 @@ def _alignment_rows(suffix: str, scores: dict) -> list[tuple[str, str]]:
         (f"PNMI{suffix}", f"{scores['pnmi']:.4f}"),
         (f"phone purity / cluster purity{suffix}", f"{scores['phone_purity']:.4f} / {scores['cluster_purity']:.4f}"),
     ]
+
+
+def _abx_text(scores: dict) -> str:
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.2f} %"
+
+    return f"{percent(scores['within_speaker_error'])} / {percent(scores['across_speaker_error'])}"

@@ -12,8 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import fileio
+from ..abx import AbxItem, abx_error_rates, items_from_labels, read_speakers
 from ..alignments import read_alignments
-from ..config import CodebookConfig, DataConfig, EvaluateConfig, QuantizeConfig
+from ..config import AbxConfig, CodebookConfig, DataConfig, EvaluateConfig, QuantizeConfig
 from ..data import iter_waveforms
 from ..errors import AlignmentError, ConfigError
 from ..featstore import FeatureStore
@@ -49,6 +50,7 @@ def evaluate(
     recon = _Reconstruction.create(evaluate, data, store, folder, units_model)
     unit_lines = folder.iter_units(data.split, units_model.num_codebooks)
     probe = _WordProbe(word_pattern(evaluate.word_probe) if evaluate.word_probe else None)
+    abx = _Abx.create(evaluate.abx, data, alignments, units_model.codebook_size)
     for features in tqdm(
         store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
     ):
@@ -56,8 +58,9 @@ def evaluate(
         units = torch.tensor(streams, dtype=torch.long).reshape(len(streams), -1).T  # (frames, num_codebooks)
         if units.shape[0] != features.num_frames:
             raise ConfigError("data.split", data.split, f"units do not match the features at {features.utt_id!r}")
-        quantized = units_model.lookup(units)
-        accumulator.add(units_model.normalize(features.frames), quantized, units)
+        quantized, normalized = units_model.lookup(units), units_model.normalize(features.frames)
+        accumulator.add(normalized, quantized, units)
+        abx.add(features.utt_id, normalized, units, quantized)
         if recon:
             recon.add(features, quantized)
         if features.utt_id in alignments:
@@ -74,6 +77,8 @@ def evaluate(
         raise AlignmentError(data.alignments, "no utterance id matches the dataset's ids")
     if probe_scores := probe.result():
         metrics["word_probe"] = probe_scores
+    if abx_scores := abx.result(store.frame_rate_hz):
+        metrics["abx"] = abx_scores
     metrics["counts"] = store.index.get("counts", {})
     folder.write_metrics(metrics)
     if evaluate.plot:
@@ -92,6 +97,45 @@ def _check_units_made_by(folder: RunFolder, fingerprint: str) -> None:
         raise ConfigError(
             "codebook", fingerprint, f"the units in {folder.root} were made with {made_by}; re-run quantize"
         )
+
+
+@dataclass
+class _Abx:
+    """ABX error rates on the representations evaluate.abx.inputs names, for the utterances its items cover."""
+
+    config: AbxConfig | None = None
+    items: list[AbxItem] = field(default_factory=list)
+    codebook_size: int = 0
+    frames: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # input name -> utt_id -> frames
+    files: set[str] = field(default_factory=set)  # the utterances the items cover
+
+    @classmethod
+    def create(cls, config: AbxConfig, data: DataConfig, alignments: dict, codebook_size: int) -> _Abx:
+        """An inactive one unless ABX is enabled and the data has alignments and speakers."""
+        if not (config.enabled and data.speakers and alignments):
+            return cls()
+        items = items_from_labels(alignments, data.alignment_rate_hz, read_speakers(data.speakers))
+        files = {item.file for item in items}
+        return cls(config, items, codebook_size, {name: {} for name in config.inputs}, files)
+
+    def add(self, utt_id: str, normalized: torch.Tensor, units: torch.Tensor, quantized: torch.Tensor) -> None:
+        if utt_id not in self.files:
+            return
+        made = {"features": normalized, "codewords": quantized}
+        for name, store in self.frames.items():
+            store[utt_id] = (
+                torch.nn.functional.one_hot(units[:, 0], self.codebook_size).float() if name == "units" else made[name]
+            ).cpu()
+
+    def result(self, frame_rate_hz: float) -> dict | None:
+        if not self.items:
+            return None
+        c = self.config
+        return {
+            name: abx_error_rates(frames, frame_rate_hz, self.items, str(c.distance), c.max_size_group,
+                                  c.max_x_across, c.seed).to_dict()
+            for name, frames in self.frames.items()
+        }  # fmt: skip
 
 
 @dataclass
