@@ -190,6 +190,14 @@ class AbxConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    """Unit edit distance between clean and augmented audio (noise 20 / 10 dB, speed, pitch, reverb)."""
+
+    num_files: int = 20  # evenly spread over the dataset; 0: off
+    seed: int = 0
+
+
+@dataclass
 class EvaluateConfig:
     plot: bool = True  # codebook usage PNG
     alignment_tolerance_frames: int = 3  # allowed length difference between units and labels
@@ -198,6 +206,7 @@ class EvaluateConfig:
     # utterance ids to probe for cross-speaker word identity: a regex with groups speaker and label (FSDD names)
     word_probe: str | None = r"(?:^|/)(?P<label>\d)_(?P<speaker>[a-z]+)_\d+$"
     abx: AbxConfig = field(default_factory=AbxConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
 
 @dataclass
@@ -273,7 +282,7 @@ AT_LEAST = {
     "train_encoder.objective.mask_span": 1, "train_encoder.objective.mask_prob": 0,
     "train_encoder.objective.unmasked_weight": 0, "train_encoder.objective.num_negatives": 1,
     "train_encoder.objective.feature_penalty": 0, "iteration.count": 0, "evaluate.abx.max_size_group": 1,
-    "evaluate.abx.max_x_across": 1,
+    "evaluate.abx.max_x_across": 1, "evaluate.robustness.num_files": 0,
 }  # fmt: skip
 OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
 

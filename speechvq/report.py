@@ -47,6 +47,9 @@ def format_report(result) -> str:
             )
         for name, scores in m.get("abx", {}).items():
             rows.append((f"ABX error within / across ({name})", _abx_text(scores)))
+        if "robustness" in m:
+            ued = "  ".join(f"{k} {v['unit_edit_distance']:.2f}" for k, v in m["robustness"].items())
+            rows.append(("unit edit distance", ued))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 

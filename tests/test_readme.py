@@ -142,6 +142,13 @@ def test_readme_commands_run_as_written(tmp_path):
         ran.append(command)
     print("ran:", *ran, "left out:", *skipped, sep="\n  ")
     assert any(c.startswith("make demo") for c in ran)
+    # The demo's robustness figures worsen as the SNR falls; ABX is computed on features and units.
+    import json
+
+    demo = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
+    drift = demo["robustness"]
+    assert drift["noise_10db"]["unit_edit_distance"] > drift["noise_20db"]["unit_edit_distance"]
+    assert set(demo["abx"]) == {"features", "units"} and demo["abx"]["units"]["within_speaker_error"] < 0.5
     # What the README claims of the 8-shard run: merged, it is byte-identical to the single run.
     merged = tmp_path / "runs" / "demo8-merged" / "train.km"
     assert merged.read_bytes() == (tmp_path / "runs" / "demo" / "train.km").read_bytes()

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .. import fileio
 from ..abx import AbxItem, abx_error_rates, items_from_labels, read_speakers
 from ..alignments import read_alignments
-from ..config import AbxConfig, CodebookConfig, DataConfig, EvaluateConfig, QuantizeConfig
+from ..config import AbxConfig, CodebookConfig, DataConfig, EvaluateConfig, QuantizeConfig, RobustnessConfig
 from ..data import iter_waveforms
 from ..errors import AlignmentError, ConfigError
 from ..featstore import FeatureStore
@@ -23,6 +23,7 @@ from ..plots import plot_codebook_usage
 from ..probe import word_pattern, word_probe
 from ..reconstruct import build_inversion, griffin_lim, logmel_distances, reference_logmel
 from ..records import FeatureMatrix, Utterance
+from ..robustness import unit_robustness
 from ..run_folder import RunFolder
 from ..units import load_unit_model
 
@@ -79,6 +80,8 @@ def evaluate(
         metrics["word_probe"] = probe_scores
     if abx_scores := abx.result(store.frame_rate_hz):
         metrics["abx"] = abx_scores
+    if evaluate.robustness.num_files:
+        metrics["robustness"] = _robustness(evaluate.robustness, data, store, folder, units_model, device)
     metrics["counts"] = store.index.get("counts", {})
     folder.write_metrics(metrics)
     if evaluate.plot:
@@ -97,6 +100,21 @@ def _check_units_made_by(folder: RunFolder, fingerprint: str) -> None:
         raise ConfigError(
             "codebook", fingerprint, f"the units in {folder.root} were made with {made_by}; re-run quantize"
         )
+
+
+def _robustness(config: RobustnessConfig, data: DataConfig, store: FeatureStore, folder: RunFolder, units_model,
+                device) -> dict:  # fmt: skip
+    """Unit edit distances under augmentation, over num_files files spread evenly through the run's manifest,
+    encoded exactly as the quantize stage would (the run's extractor and unit model)."""
+    from ..api import UnitEncoder
+
+    root, rows = folder.read_manifest(data.split)
+    step = max(1, len(rows) // config.num_files)
+    picked = [Utterance(rel, root / rel) for rel, _ in rows[::step][: config.num_files]]
+    rate = store.feature_config["sample_rate"]
+    waves = [w.samples for w in iter_waveforms(picked, rate, 0, "raise", [])]
+    encoder = UnitEncoder(units_model, store.feature_config, device)
+    return unit_robustness(lambda wave, sample_rate: encoder.encode(wave, sample_rate).cpu(), waves, rate, config.seed)
 
 
 @dataclass
