@@ -16,7 +16,8 @@ from .config import MergeConfig, RunConfig, Stage, check_config
 from .errors import ConfigError
 from .featstore import INDEX_FILE, FeatureStore
 from .features import FEATURES, build_extractor
-from .report import format_report
+from .report import format_report, summary_rows
+from .report_html import write_report
 from .run_folder import FileCounts, RunFolder
 from .stages import evaluate, extract_features, merge_shards, quantize_dataset, train_codebook, train_encoder
 from .stages.train import distributed
@@ -33,6 +34,7 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # found / processed / skipped
     metrics: dict = field(default_factory=dict)
+    report: Path | None = None  # report.html, written when the evaluate stage ran
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,7 +103,10 @@ def _summary(folder: RunFolder, seconds: dict, results: dict) -> RunSummary:
     counts = results.get("features") or results.get("merge")
     if counts is None and (folder.features_dir / INDEX_FILE).exists():
         counts = FileCounts(**FeatureStore(folder.features_dir).index.get("counts", {}))
-    return RunSummary(folder.root, seconds, counts.to_dict() if counts else {}, results.get("evaluate") or {})
+    summary = RunSummary(folder.root, seconds, counts.to_dict() if counts else {}, results.get("evaluate") or {})
+    if summary.metrics:
+        summary = dataclasses.replace(summary, report=write_report(folder, summary_rows(summary), summary.metrics))
+    return summary
 
 
 def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device) -> RunSummary:

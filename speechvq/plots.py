@@ -59,3 +59,33 @@ def loss_curve_png(history: list[dict], path: Path) -> None:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     write_bytes(path, buffer.getvalue())
+
+
+def plot_phone_unit_heatmap(counts: torch.Tensor, phones: list[str], path: Path, title: str) -> None:
+    """counts: (num_phones, codebook_size) co-occurring frames. Shows P(phone | unit) for the used units, phones
+    by frequency (most frequent on top), units ordered by their dominant phone and then by its share, so a good
+    codebook draws a staircase from the top left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = counts.to(torch.float64)
+    phone_order = counts.sum(1).argsort(descending=True)
+    counts = counts[phone_order]
+    used = counts.sum(0) > 0
+    given_unit = counts[:, used] / counts[:, used].sum(0, keepdim=True)
+    dominant, share = given_unit.argmax(0), given_unit.max(0).values
+    unit_order = sorted(range(given_unit.shape[1]), key=lambda u: (int(dominant[u]), -float(share[u])))
+    matrix = given_unit[:, unit_order].numpy()
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.16 * len(phones) + 1.2)), dpi=110)
+    image = ax.imshow(matrix, aspect="auto", cmap="magma_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(phones)), [phones[i] for i in phone_order.tolist()], fontsize=6)
+    ax.set_xlabel(f"unit ({int(used.sum())} used), ordered by dominant phone")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="P(phone | unit)", fraction=0.03)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 def format_report(result) -> str:
     """result: a pipeline.RunSummary."""
+    rows = summary_rows(result)
+    if getattr(result, "report", None):
+        rows.append(("report (open in a browser)", str(result.report)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def summary_rows(result) -> list[tuple[str, str]]:
+    """(name, value) rows of the summary table; result: a pipeline.RunSummary."""
     rows: list[tuple[str, str]] = [("run folder", str(result.run_dir))]
     for stage, seconds in result.stage_seconds.items():
         rows.append((f"time {stage}", f"{seconds:.1f} s"))
@@ -50,8 +59,7 @@ def format_report(result) -> str:
         if "robustness" in m:
             ued = "  ".join(f"{k} {v['unit_edit_distance']:.2f}" for k, v in m["robustness"].items())
             rows.append(("unit edit distance", ued))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    return rows
 
 
 def _alignment_rows(suffix: str, scores: dict) -> list[tuple[str, str]]:

@@ -105,6 +105,8 @@ class RunFolder:
     units_meta_file = property(lambda self: self.root / "units.meta.json")
     metrics_file = property(lambda self: self.root / "metrics.json")
     usage_plot = property(lambda self: self.root / "codebook_usage.png")
+    phone_unit_plot = property(lambda self: self.root / "phone_units.png")
+    report_html = property(lambda self: self.root / "report.html")
     loss_curve = property(lambda self: self.root / "loss_curve.png")
     resynth_dir = property(lambda self: self.root / "resynth")
     iterations_summary = property(lambda self: self.root / "iterations.json")  # iteration.count > 0

@@ -19,7 +19,7 @@ from ..data import iter_waveforms
 from ..errors import AlignmentError, ConfigError
 from ..featstore import FeatureStore
 from ..metrics import MetricsAccumulator, phone_unit_scores
-from ..plots import plot_codebook_usage
+from ..plots import plot_codebook_usage, plot_phone_unit_heatmap
 from ..probe import word_pattern, word_probe
 from ..reconstruct import build_inversion, griffin_lim, logmel_distances, reference_logmel
 from ..records import FeatureMatrix, Utterance
@@ -85,13 +85,19 @@ def evaluate(
     metrics["counts"] = store.index.get("counts", {})
     folder.write_metrics(metrics)
     if evaluate.plot:
-        plot_codebook_usage(
-            accumulator.counts[0],
-            folder.usage_plot,
-            f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
-            f"perplexity {metrics['perplexity']:.1f}",
-        )
+        _plots(folder, accumulator, phones, metrics)
     return metrics
+
+
+def _plots(folder: RunFolder, accumulator: MetricsAccumulator, phones: _PhoneCounts, metrics: dict) -> None:
+    plot_codebook_usage(
+        accumulator.counts[0],
+        folder.usage_plot,
+        f"codebook usage: {metrics['codes_used']}/{metrics['codebook_size']} codes, "
+        f"perplexity {metrics['perplexity']:.1f}",
+    )
+    if phones.pairs:
+        phones.plot(folder.phone_unit_plot, metrics["codebook_size"])
 
 
 def _check_units_made_by(folder: RunFolder, fingerprint: str) -> None:
@@ -207,11 +213,20 @@ class _PhoneCounts:
             }
         return result
 
-    def _scores(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], codebook_size: int) -> dict:
+    def _counts(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], codebook_size: int) -> torch.Tensor:
         phone_ids = torch.cat([p for p, _ in pairs])
         unit_ids = torch.cat([u for _, u in pairs])
         counts = torch.zeros(len(self.phones), codebook_size, dtype=torch.long)
         counts.index_put_((phone_ids, unit_ids), torch.ones_like(unit_ids), accumulate=True)
+        return counts
+
+    def plot(self, path, codebook_size: int) -> None:
+        names = sorted(self.phones, key=self.phones.get)
+        plot_phone_unit_heatmap(self._counts(self.pairs, codebook_size), names, path, "phones and units (all data)")
+
+    def _scores(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], codebook_size: int) -> dict:
+        counts = self._counts(pairs, codebook_size)
+        unit_ids = torch.cat([u for _, u in pairs])
         return {
             "num_utterances": len(pairs),
             "num_frames": int(unit_ids.numel()),
