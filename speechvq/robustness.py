@@ -48,7 +48,7 @@ def _pitch_shift(samples: torch.Tensor, ratio: tuple[int, int]) -> torch.Tensor:
     ratio has no small integer form and takes seconds per file; 9 / 8 is 2.04 semitones."""
     up, down = ratio
     window = torch.hann_window(512)
-    spec = torch.stft(samples, 512, 128, window=window, return_complex=True)
+    spec = torch.stft(samples, 512, 128, window=window, pad_mode="constant", return_complex=True)
     advance = torch.linspace(0, math.pi * 128, spec.shape[0])[:, None]
     stretched = F.phase_vocoder(spec, down / up, advance)
     longer = torch.istft(stretched, 512, 128, window=window, length=round(samples.numel() * up / down))
