@@ -164,6 +164,7 @@ class CodebookConfig:
     precision: Precision = Precision[
         "exact"
     ]  # exact (fp32, deterministic) | fast (CUDA: TF32 + exact top-2 re-rank, atomics)
+    checkpoint_every_s: float = 30.0  # k-means state saved this often (0: every iteration); a rerun resumes it
 
 
 @dataclass
@@ -282,7 +283,7 @@ AT_LEAST = {
     "train_encoder.objective.mask_span": 1, "train_encoder.objective.mask_prob": 0,
     "train_encoder.objective.unmasked_weight": 0, "train_encoder.objective.num_negatives": 1,
     "train_encoder.objective.feature_penalty": 0, "iteration.count": 0, "evaluate.abx.max_size_group": 1,
-    "evaluate.abx.max_x_across": 1, "evaluate.robustness.num_files": 0,
+    "evaluate.abx.max_x_across": 1, "evaluate.robustness.num_files": 0, "codebook.checkpoint_every_s": 0,
 }  # fmt: skip
 OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}
 

@@ -128,6 +128,10 @@ class RunFolder:
             return [self.root / f"{split}.km"]
         return [self.root / f"{split}.q{g}.km" for g in range(num_codebooks)]
 
+    def kmeans_checkpoint(self, stream: int = 0) -> Path:
+        """The train stage's resumable k-means state (one per stream of multi-layer tokens)."""
+        return self.root / self.MARKERS / f"kmeans{stream}.safetensors"
+
     def marker(self, stage: str) -> Path:
         return self.root / self.MARKERS / f"{stage}.json"
 

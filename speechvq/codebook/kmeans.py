@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -25,6 +27,24 @@ class KMeansResult:
     inertia_history: list[float] = field(default_factory=list)  # per iteration, winning restart
 
 
+@dataclass
+class KMeansState:
+    """Where k-means stands after a Lloyd iteration: enough to continue to the very same codebook."""
+
+    restart: int  # which of the n_init restarts is running
+    centroids: torch.Tensor  # that restart's centroids after len(history) Lloyd iterations
+    history: list[float]  # its inertia per iteration so far
+    generator_state: torch.Tensor  # the generator after the restart's seeding (the later restarts draw from it)
+    best: KMeansResult | None  # the best finished restart so far
+
+
+class Checkpointer(Protocol):
+    def load(self) -> KMeansState | None: ...
+
+    def save(self, state: KMeansState) -> None:
+        """Called after every Lloyd iteration that does not end its restart; writes when it is due."""
+
+
 @torch.inference_mode()
 def kmeans(
     frames: torch.Tensor,
@@ -37,11 +57,54 @@ def kmeans(
     chunk_size: int | None = None,
     progress: bool = False,
     precision: str = "exact",
+    checkpointer: Checkpointer | None = None,
 ) -> KMeansResult:
     """Cluster frames (num_frames, dim) into codebook_size centroids; best of n_init restarts.
 
     precision="fast" (CUDA) assigns with a TF32 GEMM and sums clusters with index_add_ (atomics: fast, but
-    not bit-reproducible); "exact" is fp32 and deterministic."""
+    not bit-reproducible); "exact" is fp32 and deterministic. checkpointer: state is offered after each Lloyd
+    iteration, and a saved state is resumed from, giving the same codebook as an uninterrupted run."""
+    _check_arguments(frames, codebook_size, max_iter, n_init, chunk_size, precision)
+    frames = frames.to(torch.float32).contiguous()
+    resumed = checkpointer.load() if checkpointer else None
+    best: KMeansResult | None = resumed.best if resumed else None
+    for restart in range(resumed.restart if resumed else 0, n_init):
+        if resumed is not None and restart == resumed.restart:
+            generator.set_state(resumed.generator_state)
+            start, history = resumed.centroids.to(frames.device), list(resumed.history)
+            log.info("k-means restart %d/%d: resumed after %d iterations", restart + 1, n_init, len(history))
+        else:
+            start = _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision)
+            history = []
+
+        def offer(centroids, so_far, restart=restart, best=best):  # best: the finished restarts' winner
+            checkpointer.save(KMeansState(restart, centroids, list(so_far), generator.get_state(), best))
+
+        result = lloyd(
+            frames,
+            start,
+            max_iter=max_iter,
+            tol=tol,
+            chunk_size=chunk_size,
+            progress=progress,
+            description=f"k-means {restart + 1}/{n_init}",
+            precision=precision,
+            history=history,
+            on_iteration=offer if checkpointer else None,
+        )
+        log.info(
+            "k-means restart %d/%d: inertia %.6g after %d iterations on all frames",
+            restart + 1,
+            n_init,
+            result.inertia,
+            result.num_iterations,
+        )
+        if best is None or result.inertia < best.inertia:
+            best = result
+    return best
+
+
+def _check_arguments(frames, codebook_size: int, max_iter: int, n_init: int, chunk_size, precision: str) -> None:
     if frames.ndim != 2:
         raise ValueError(f"frames must be (num_frames, dim), got shape {tuple(frames.shape)}")
     if max_iter < 1:
@@ -54,30 +117,6 @@ def kmeans(
         raise ValueError("k-means precision is 'exact' or 'fast'; 'tf32' is an assignment mode")
     check_precision(precision, frames.device)
     check_chunk_size(chunk_size)
-    frames = frames.to(torch.float32).contiguous()
-    best: KMeansResult | None = None
-    for restart in range(n_init):
-        start = _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision)
-        result = lloyd(
-            frames,
-            start,
-            max_iter=max_iter,
-            tol=tol,
-            chunk_size=chunk_size,
-            progress=progress,
-            description=f"k-means {restart + 1}/{n_init}",
-            precision=precision,
-        )
-        log.info(
-            "k-means restart %d/%d: inertia %.6g after %d iterations on all frames",
-            restart + 1,
-            n_init,
-            result.inertia,
-            result.num_iterations,
-        )
-        if best is None or result.inertia < best.inertia:
-            best = result
-    return best
 
 
 def _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision) -> torch.Tensor:
@@ -146,18 +185,22 @@ def lloyd(
     description: str = "k-means",
     precision: str = "exact",
     frames_of: LocalFrames | None = None,
+    history: list[float] | None = None,
+    on_iteration: Callable[[torch.Tensor, list[float]], None] | None = None,
 ) -> KMeansResult:
     """Lloyd iterations from the given centroids until no label changes or the relative inertia gain drops
-    below tol. frames_of: where the frames are (this process by default; all ranks under torchrun)."""
+    below tol. frames_of: where the frames are (this process by default; all ranks under torchrun). history:
+    the inertias of iterations already run (a resumed run); on_iteration(centroids, history) after each
+    iteration that does not end the run."""
     frames_of = frames_of or LocalFrames()
     codebook_size = centroids.shape[0]
-    history: list[float] = []
+    history = list(history or [])
     converged = False
     assign = "tf32" if precision == "fast" else "exact"  # training tolerates a rare near-tie flip
     frames_sq = frames.square().sum(dim=1)  # once, not once per iteration
     labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
-    bar = tqdm(total=max_iter, desc=description, disable=None if progress else True, leave=False)
-    for _ in range(max_iter):
+    bar = tqdm(total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False)
+    for _ in range(max_iter - len(history)):
         centroids = _update(frames, labels, sq_dists, codebook_size, precision, frames_of)
         new_labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
         inertia = float(frames_of.sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
@@ -170,6 +213,8 @@ def lloyd(
         if changed == 0 or improvement < tol:
             converged = True
             break
+        if on_iteration is not None:
+            on_iteration(centroids, history)
     bar.close()
     return KMeansResult(centroids, history[-1], len(history), converged, history)
 

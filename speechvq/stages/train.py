@@ -10,6 +10,7 @@ import torch
 from ..codebook import Codebook, kmeans
 from ..codebook.codebook import num_streams, stream_slices
 from ..codebook.kmeans import KMeansResult
+from ..codebook.kmeans_checkpoint import KMeansCheckpointFile
 from ..config import CodebookConfig, DataConfig, FeatureConfig
 from ..errors import ConfigError
 from ..featstore import FeatureStore
@@ -65,8 +66,11 @@ def train_codebook(
     log.info("train: k-means K=%d on %d of %d frames (dim %d) on %s", c.codebook_size, take, store.num_frames,
              store.dim, device)  # fmt: skip
     streams = stream_slices(store.dim, num_streams(store.feature_config))
-    fit = _join([_fit(frames[:, part].contiguous(), codebook, seed, device, per_rank) for part in streams])
+    files = [KMeansCheckpointFile(folder.kmeans_checkpoint(s), key, c.checkpoint_every_s) for s in range(len(streams))]
+    fit = _join([_fit(frames[:, part], codebook, seed, device, per_rank, file) for part, file in zip(streams, files)])
     result = _save(fit, store, mean, std, take, codebook, seed, device, folder)
+    for file in files:
+        file.remove()
     mark_done(folder, "train", key)
     if distributed():
         torch.distributed.barrier()  # no rank goes on to quantize before rank 0 has written the codebook
@@ -76,13 +80,16 @@ def train_codebook(
     return result
 
 
-def _fit(frames: torch.Tensor, codebook: CodebookConfig, seed: int, device, per_rank: bool) -> KMeansResult:
+def _fit(frames, codebook: CodebookConfig, seed: int, device, per_rank: bool, checkpoint) -> KMeansResult:
+    """One stream's k-means; resumable mid-way through `checkpoint` (not yet under torchrun)."""
+    frames = frames.contiguous()
     if distributed():
         return _train_distributed(frames, codebook, seed, device, per_rank)
     c = codebook
     return kmeans(
         frames.to(device), c.codebook_size, generator=torch.Generator(device=device).manual_seed(seed),
         max_iter=c.max_iter, tol=c.tol, n_init=c.n_init, chunk_size=c.chunk_size, progress=True, precision=c.precision,
+        checkpointer=checkpoint,
     )  # fmt: skip
 
 

@@ -1,0 +1,108 @@
+"""k-means resumes mid-way: from any saved state to the same codebook, and after a real SIGKILL of the train stage
+during Lloyd iterations, to a codebook file byte-identical to an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, write_dataset
+from safetensors import safe_open
+
+from speechvq import pipeline
+from speechvq.codebook import kmeans
+from speechvq.codebook.kmeans import KMeansState
+from speechvq.codebook.kmeans_checkpoint import KMeansCheckpointFile
+from speechvq.config import CodebookConfig, DataConfig, RunConfig
+
+
+class Recorder:
+    """Keeps every offered state; resumes from the one it is told to."""
+
+    def __init__(self, resume: KMeansState | None = None):
+        self.states: list[KMeansState] = []
+        self.resume = resume
+
+    def load(self):
+        return self.resume
+
+    def save(self, state):
+        self.states.append(state)
+
+
+def _frames():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(12, 4, generator=generator) * 3
+    return centres[torch.randint(12, (3000,), generator=generator)] + torch.randn(3000, 4, generator=generator)
+
+
+def _fit(checkpointer=None):
+    return kmeans(_frames(), 10, generator=torch.Generator().manual_seed(5), max_iter=40, tol=0.0, n_init=3,
+                  checkpointer=checkpointer)  # fmt: skip
+
+
+def test_every_saved_state_resumes_to_the_same_codebook(tmp_path):
+    recorder = Recorder()
+    reference = _fit(recorder)
+    assert {state.restart for state in recorder.states} == {0, 1, 2}  # states from every restart were offered
+    assert recorder.states[-1].best is not None and recorder.states[0].best is None
+    for state in (recorder.states[1], recorder.states[len(recorder.states) // 2], recorder.states[-1]):
+        # Through the file, as the train stage does it.
+        file = KMeansCheckpointFile(tmp_path / "state.safetensors", "key", every_s=0)
+        file.save(state)
+        resumed = _fit(KMeansCheckpointFile(tmp_path / "state.safetensors", "key", every_s=0))
+        assert torch.equal(resumed.centroids, reference.centroids)
+        assert resumed.inertia == reference.inertia and resumed.inertia_history == reference.inertia_history
+    # A state saved under another key (other data or settings) is not resumed: a fresh run, the same result.
+    other = KMeansCheckpointFile(tmp_path / "state.safetensors", "other key", every_s=0)
+    assert other.load() is None and torch.equal(_fit(other).centroids, reference.centroids)
+
+
+def _train_command(run_dir):
+    return [sys.executable, "-m", "speechvq.run", f"hydra.run.dir={run_dir}", "stages=[train]", "device=cpu",
+            "data.alignments=null", "codebook.codebook_size=256", "codebook.n_init=3", "codebook.max_iter=300",
+            "codebook.tol=0.0", "codebook.checkpoint_every_s=0"]  # fmt: skip
+
+
+def _saved_restart(path) -> int:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()["speechvq"])["restart"]
+    except Exception:  # not written yet, or being replaced this instant
+        return -1
+
+
+@pytest.mark.slow
+def test_sigkill_during_lloyd_then_rerun_gives_the_same_codebook_file(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_dataset(corpus, rates=(16000,) * 40, durations=[8.0] * 40)
+    config = RunConfig(data=DataConfig(path=str(corpus), alignments=None, num_workers=0),
+                       codebook=CodebookConfig(codebook_size=256, n_init=3, max_iter=300, tol=0.0),
+                       stages=["features", "train"], device="cpu")  # fmt: skip
+    pipeline.run(config, tmp_path / "clean")  # uninterrupted
+    config.stages = ["features"]
+    pipeline.run(config, tmp_path / "killed")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [*_train_command(tmp_path / "killed"), f"data.path={corpus}"]
+    checkpoint = tmp_path / "killed" / ".speechvq" / "kmeans0.safetensors"
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and _saved_restart(checkpoint) < 1:
+        time.sleep(0.005)
+    assert process.poll() is None, "the train stage finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert _saved_restart(checkpoint) >= 1 and not (tmp_path / "killed" / "codebook.safetensors").exists()
+    final = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "resumed after" in final.stderr
+    clean, killed = tmp_path / "clean" / "codebook.safetensors", tmp_path / "killed" / "codebook.safetensors"
+    assert killed.read_bytes() == clean.read_bytes()
+    assert not checkpoint.exists()  # removed once the codebook is written
