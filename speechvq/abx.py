@@ -161,16 +161,16 @@ class AbxScores:
     within: float | None  # error rate, within speaker (None: no triple could be formed)
     across: float | None
     num_items: int  # items with at least one frame
-    num_within_triples: int  # (A group, B group) comparisons made
-    num_across_triples: int
+    num_within_groups: int  # (A group, B group) comparisons made, each over all its (a, b, x) triples
+    num_across_groups: int
 
     def to_dict(self) -> dict:
         return {
             "within_speaker_error": self.within,
             "across_speaker_error": self.across,
             "num_items": self.num_items,
-            "num_within_groups": self.num_within_triples,
-            "num_across_groups": self.num_across_triples,
+            "num_within_groups": self.num_within_groups,
+            "num_across_groups": self.num_across_groups,
         }
 
 
