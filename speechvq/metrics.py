@@ -108,6 +108,21 @@ class MetricsAccumulator:
         self.num_dedup += dedup.shape[0]
         self.num_utterances += 1
 
+    def merge(self, other: MetricsAccumulator) -> None:
+        """Add another accumulator's sums (another rank's utterances)."""
+        self.counts += other.counts
+        self.dedup_counts += other.dedup_counts
+        self.sum_sq_error += other.sum_sq_error
+        if other.feature_sum is not None:
+            if self.feature_sum is None:
+                self.feature_sum, self.feature_sq_sum = other.feature_sum.clone(), other.feature_sq_sum.clone()
+            else:
+                self.feature_sum += other.feature_sum
+                self.feature_sq_sum += other.feature_sq_sum
+        self.num_frames += other.num_frames
+        self.num_dedup += other.num_dedup
+        self.num_utterances += other.num_utterances
+
     def result(self) -> dict:
         n = max(self.num_frames, 1)
         dim = self.feature_sum.numel() if self.feature_sum is not None else 1

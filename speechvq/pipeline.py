@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +112,8 @@ def _summary(folder: RunFolder, seconds: dict, results: dict) -> RunSummary:
 
 def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device) -> RunSummary:
     """Under torchrun: rank r takes shard r of the data (fairseq's rule) into ranks/<r>/, k-means is trained
-    across ranks on their own features, every rank quantizes its shard, and rank 0 merges the shards into the
-    run folder (with merge's checks). evaluate, which needs all features in one place, is left to a later run."""
+    across ranks on their own features, every rank quantizes its shard, rank 0 merges the shards into the run
+    folder (with merge's checks), and evaluate scans each rank's shard and gathers the results on rank 0."""
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     rank_folder = folder.rank(rank)
     rank_folder.root.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,25 @@ def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device) -> 
         if trained_here:
             for name in (folder.codebook, folder.codebook_json):
                 fileio.write_bytes(name, (rank_folder.root / name.name).read_bytes())
-    if "evaluate" in config.stages:
-        log.warning("evaluate is skipped under torchrun; run stages=[evaluate] on a rank folder or a single process")
     torch.distributed.barrier()
-    return RunSummary(folder.root, seconds, counts.to_dict() if counts else {})
+    metrics = _evaluate_by_rank(config, rank_config, folder, rank_folder, device, seconds)
+    summary = RunSummary(folder.root, seconds, counts.to_dict() if counts else {}, metrics)
+    if metrics:
+        summary = dataclasses.replace(summary, report=write_report(folder, summary_rows(summary), metrics))
+    return summary
+
+
+def _evaluate_by_rank(config, rank_config, folder: RunFolder, rank_folder: RunFolder, device, seconds) -> dict:
+    """The metrics of the whole run on rank 0 ({} elsewhere); the resynthesized examples are rank 0's first files,
+    which are the dataset's first, as in a single process."""
+    if "evaluate" not in config.stages or "quantize" not in config.stages:
+        return {}
+    rank = torch.distributed.get_rank()
+    settings = config.evaluate if rank == 0 else dataclasses.replace(config.evaluate, resynthesize=0)
+    start = time.perf_counter()
+    metrics = evaluate(settings, rank_config.data, rank_config.codebook, config.quantize, rank_folder, device, folder)
+    seconds["evaluate"] = time.perf_counter() - start
+    if rank == 0 and rank_folder.resynth_dir.exists():
+        shutil.copytree(rank_folder.resynth_dir, folder.resynth_dir, dirs_exist_ok=True)
+    torch.distributed.barrier()
+    return metrics

@@ -1,5 +1,6 @@
 """Distributed k-means with 2 processes over gloo, launched by torchrun, against the single-process result."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from speechvq import pipeline
 from speechvq.codebook import kmeans
+from speechvq.config import CodebookConfig, DataConfig, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +98,49 @@ def test_torchrun_pipeline_shards_by_rank_and_merges(dataset, tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     assert (run_dir / "train.km").read_text() == (tmp_path / "one" / "train.km").read_text()
     assert len((run_dir / "train.km").read_text().splitlines()) == 6
+
+
+def _numbers_close(got, expected, path="metrics"):
+    """Equal structure; floats within 1e-9 relative (sums taken in another order), everything else equal."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), path
+        for key in expected:
+            _numbers_close(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), path
+    else:
+        assert got == expected, path
+
+
+def test_evaluate_under_torchrun_equals_a_single_process(dataset, tmp_path):
+    """Two gloo ranks each evaluate their shard; rank 0 gathers the sums and per-utterance results in dataset
+    order: metrics.json (PNMI per folder, ABX, word probe, reconstruction, robustness) equals a single process's
+    evaluate of the same units."""
+    records_run = tmp_path / "ids"
+    pipeline.run(RunConfig(data=DataConfig(path=str(dataset), alignments=None, num_workers=0),
+                           codebook=CodebookConfig(codebook_size=4, n_init=1, max_iter=5),
+                           stages=["features", "train", "quantize"], device="cpu"), records_run)  # fmt: skip
+    records = [json.loads(x) for x in (records_run / "units.jsonl").read_text().splitlines()]
+    labels = {r["id"]: " ".join(f"p{(t // 5) % 4}" for t in range(r["num_frames"])) for r in records}
+    (tmp_path / "align.tsv").write_text("".join(f"{k}\t{v}\n" for k, v in labels.items()))
+    (tmp_path / "speakers.tsv").write_text("".join(f"{r['id']}\t{r['id'].split('/')[0]}\n" for r in records))
+    common = [f"data.path={dataset}", f"data.alignments={tmp_path / 'align.tsv'}", "data.num_workers=0",
+              f"data.speakers={tmp_path / 'speakers.tsv'}", "codebook.codebook_size=8", "device=cpu",
+              "evaluate.resynthesize=2", "evaluate.robustness.num_files=3", "evaluate.word_probe=null"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    torchrun += ["-m", "speechvq.run"]
+    done = subprocess.run([*torchrun, *common, "stages=[features,train,quantize,evaluate]",
+                           f"hydra.run.dir={tmp_path / 'dist'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "speechvq.run", *common, f"codebook.path={tmp_path / 'dist'}",
+                             "stages=[features,quantize,evaluate]", f"hydra.run.dir={tmp_path / 'one'}"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    got = json.loads((tmp_path / "dist" / "metrics.json").read_text())
+    expected = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert {"alignment", "abx", "reconstruction", "robustness"} <= set(expected)
+    _numbers_close(got, expected)
+    assert (tmp_path / "dist" / "report.html").exists()
+    assert len(list((tmp_path / "dist" / "resynth").glob("*.wav"))) == 4  # rank 0's first 2 files, as one process

@@ -37,8 +37,11 @@ def evaluate(
     quantize: QuantizeConfig,
     folder: RunFolder,
     device: torch.device,
+    report_to: RunFolder | None = None,
 ) -> dict:
-    """metrics.json (returned too) and the usage plot."""
+    """metrics.json (returned too) and the figures. report_to: under torchrun, each rank scans its own rank
+    folder, the collected sums and per-utterance scores are gathered to rank 0 in rank (= dataset) order, and
+    rank 0 writes the metrics of the whole dataset into report_to (other ranks return {})."""
     if evaluate.alignment_tolerance_frames < 0:
         raise ConfigError("evaluate.alignment_tolerance_frames", evaluate.alignment_tolerance_frames, ">= 0")
     store = FeatureStore(folder.features_dir)
@@ -46,47 +49,100 @@ def evaluate(
     units_model.check_compatible(store.feature_config, store.dim)
     _check_units_made_by(folder, units_model.fingerprint)
     alignments = read_alignments(data.alignments, data.alignment_rate_hz) if data.alignments else {}
-    accumulator = MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz)
-    phones = _PhoneCounts(data.alignment_rate_hz / store.frame_rate_hz, evaluate.alignment_tolerance_frames)
-    recon = _Reconstruction.create(evaluate, data, store, folder, units_model)
-    unit_lines = folder.iter_units(data.split, units_model.num_codebooks)
-    probe = _WordProbe(word_pattern(evaluate.word_probe) if evaluate.word_probe else None)
-    abx = _Abx.create(evaluate.abx, data, alignments, units_model.codebook_size)
+    found = _Collected.create(evaluate, data, store, folder, units_model, alignments)
+    _scan(store, folder, data.split, units_model, alignments, found)
+    if report_to is not None:
+        found = _gathered(found)
+        if found is None:
+            return {}
+        folder = report_to
+    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **found.metrics.result()}
+    if found.recon:
+        metrics["reconstruction"] = found.recon.summary()
+    if found.phones.pairs:
+        metrics["alignment"] = found.phones.scores(units_model.codebook_size)
+    elif alignments:
+        raise AlignmentError(data.alignments, "no utterance id matches the dataset's ids")
+    if probe_scores := found.probe.result():
+        metrics["word_probe"] = probe_scores
+    if abx_scores := found.abx.result(store.frame_rate_hz):
+        metrics["abx"] = abx_scores
+    if evaluate.robustness.num_files:
+        metrics["robustness"] = _robustness(evaluate.robustness, data, store, folder, units_model, device)
+    metrics["counts"] = folder.read_units_meta().counts.to_dict()
+    folder.write_metrics(metrics)
+    if evaluate.plot:
+        _plots(folder, found.metrics, found.phones, metrics)
+    return metrics
+
+
+@dataclass
+class _Collected:
+    """What one pass over the utterances collects; `merge` adds another rank's (utterances after ours)."""
+
+    metrics: MetricsAccumulator
+    phones: _PhoneCounts
+    recon: _Reconstruction | None
+    probe: _WordProbe
+    abx: _Abx
+
+    @classmethod
+    def create(cls, evaluate: EvaluateConfig, data: DataConfig, store, folder, units_model, alignments) -> _Collected:
+        return cls(
+            MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz),
+            _PhoneCounts(data.alignment_rate_hz / store.frame_rate_hz, evaluate.alignment_tolerance_frames),
+            _Reconstruction.create(evaluate, data, store, folder, units_model),
+            _WordProbe(word_pattern(evaluate.word_probe) if evaluate.word_probe else None),
+            _Abx.create(evaluate.abx, data, alignments, units_model.codebook_size),
+        )
+
+    def portable(self) -> dict:
+        """The plain sums and per-utterance values, for sending to rank 0."""
+        recon = self.recon.totals() if self.recon else None
+        phones = (self.phones.phones, self.phones.pairs, self.phones.groups)
+        return {"metrics": self.metrics, "phones": phones, "recon": recon, "probe": self.probe.units,
+                "abx": self.abx.frames}  # fmt: skip
+
+    def merge(self, other: dict) -> None:
+        self.metrics.merge(other["metrics"])
+        self.phones.merge(*other["phones"])
+        if self.recon and other["recon"]:
+            self.recon.merge(other["recon"])
+        self.probe.units.update(other["probe"])
+        for name, frames in other["abx"].items():
+            self.abx.frames[name].update(frames)
+
+
+def _gathered(found: _Collected) -> _Collected | None:
+    """Every rank's collection gathered on rank 0, merged in rank order; None on the other ranks."""
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, found.portable())
+    if torch.distributed.get_rank() != 0:
+        return None
+    for part in parts[1:]:
+        found.merge(part)
+    return found
+
+
+def _scan(store: FeatureStore, folder: RunFolder, split: str, units_model, alignments, found: _Collected) -> None:
+    unit_lines = folder.iter_units(split, units_model.num_codebooks)
     for features in tqdm(
         store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
     ):
         streams = next(unit_lines, [[]] * units_model.num_codebooks)  # a missing line is a mismatch below
         units = torch.tensor(streams, dtype=torch.long).reshape(len(streams), -1).T  # (frames, num_codebooks)
         if units.shape[0] != features.num_frames:
-            raise ConfigError("data.split", data.split, f"units do not match the features at {features.utt_id!r}")
+            raise ConfigError("data.split", split, f"units do not match the features at {features.utt_id!r}")
         quantized, normalized = units_model.lookup(units), units_model.normalize(features.frames)
-        accumulator.add(normalized, quantized, units)
-        abx.add(features.utt_id, normalized, units, quantized)
-        if recon:
-            recon.add(features, quantized)
+        found.metrics.add(normalized, quantized, units)
+        found.abx.add(features.utt_id, normalized, units, quantized)
+        if found.recon:
+            found.recon.add(features, quantized)
         if features.utt_id in alignments:
-            phones.add(features.utt_id, units[:, 0], alignments[features.utt_id])
-        probe.add(features.utt_id, units[:, 0])
+            found.phones.add(features.utt_id, units[:, 0], alignments[features.utt_id])
+        found.probe.add(features.utt_id, units[:, 0])
     if next(unit_lines, None) is not None:
-        raise ConfigError("data.split", data.split, "the unit files hold more utterances than the features")
-    metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **accumulator.result()}
-    if recon:
-        metrics["reconstruction"] = recon.summary()
-    if phones.pairs:
-        metrics["alignment"] = phones.scores(units_model.codebook_size)
-    elif alignments:
-        raise AlignmentError(data.alignments, "no utterance id matches the dataset's ids")
-    if probe_scores := probe.result():
-        metrics["word_probe"] = probe_scores
-    if abx_scores := abx.result(store.frame_rate_hz):
-        metrics["abx"] = abx_scores
-    if evaluate.robustness.num_files:
-        metrics["robustness"] = _robustness(evaluate.robustness, data, store, folder, units_model, device)
-    metrics["counts"] = store.index.get("counts", {})
-    folder.write_metrics(metrics)
-    if evaluate.plot:
-        _plots(folder, accumulator, phones, metrics)
-    return metrics
+        raise ConfigError("data.split", split, "the unit files hold more utterances than the features")
 
 
 def _plots(folder: RunFolder, accumulator: MetricsAccumulator, phones: _PhoneCounts, metrics: dict) -> None:
@@ -203,6 +259,13 @@ class _PhoneCounts:
         self.pairs.append((torch.tensor(phone_ids, dtype=torch.long), units[keep]))
         self.groups.append(utt_id.split("/")[0] if "/" in utt_id else "")
 
+    def merge(self, phones: dict[str, int], pairs: list, groups: list[str]) -> None:
+        """Another rank's pairs, its phone ids mapped to ours."""
+        names = sorted(phones, key=phones.get)
+        mapping = torch.tensor([self.phones.setdefault(name, len(self.phones)) for name in names], dtype=torch.long)
+        self.pairs += [(mapping[phone_ids], units) for phone_ids, units in pairs]
+        self.groups += groups
+
     def scores(self, codebook_size: int) -> dict:
         result = {**self._scores(self.pairs, codebook_size), "stream": 0}
         names = sorted(set(self.groups))
@@ -279,6 +342,18 @@ class _Reconstruction:
             rebuilt_wave = griffin_lim(estimate[: reference.shape[0]], rate)
             fileio.write_wav(self.folder.resynth_dir / f"{stem}.units.wav", rebuilt_wave, rate)
             self.written += 1
+
+    def totals(self) -> tuple:
+        return self.sums, self.mcd_sum, self.mcd_frames, self.written
+
+    def merge(self, totals: tuple) -> None:
+        sums, mcd_sum, mcd_frames, written = totals
+        for key, values in sums.items():
+            for name, value in values.items():
+                self.sums[key][name] = self.sums[key].get(name, 0.0) + value
+        self.mcd_sum += mcd_sum
+        self.mcd_frames += mcd_frames
+        self.written += written
 
     def summary(self) -> dict:
         def finish(sums):
