@@ -128,27 +128,24 @@ def frame_distances(x: torch.Tensor, y: torch.Tensor, distance: str = "angular")
 def dtw(costs: torch.Tensor, len_x: torch.Tensor, len_y: torch.Tensor) -> torch.Tensor:
     """(B, Sx, Sy) frame distances (pair b uses its first len_x[b] x len_y[b] cells) -> (B,) DTW cost divided by
     the length of the best path. Steps: diagonal, along x, along y; ties prefer the diagonal, then the step along y
-    (the backtracking order of libri-light's dtw)."""
+    (the backtracking order of libri-light's dtw). Filled one anti-diagonal at a time, all pairs together."""
     batch, sx, sy = costs.shape
-    total = torch.empty_like(costs)
-    steps = torch.empty_like(costs)
-    for i in range(sx):
-        for j in range(sy):
-            here = costs[:, i, j]
-            if i == 0 and j == 0:
-                total[:, 0, 0], steps[:, 0, 0] = here, 1
-            elif i == 0 or j == 0:
-                pi, pj = (i, j - 1) if i == 0 else (i - 1, j)
-                total[:, i, j], steps[:, i, j] = here + total[:, pi, pj], steps[:, pi, pj] + 1
-            else:
-                diag, left, up = total[:, i - 1, j - 1], total[:, i, j - 1], total[:, i - 1, j]
-                take_diag = (diag <= left) & (diag <= up)
-                take_left = ~take_diag & (left <= up)
-                best = torch.where(take_diag, diag, torch.where(take_left, left, up))
-                length = torch.where(
-                    take_diag, steps[:, i - 1, j - 1], torch.where(take_left, steps[:, i, j - 1], steps[:, i - 1, j])
-                )
-                total[:, i, j], steps[:, i, j] = here + best, length + 1
+    total = torch.full_like(costs, math.inf)
+    steps = torch.zeros_like(costs)
+    total[:, 0, 0], steps[:, 0, 0] = costs[:, 0, 0], 1
+    inf = torch.tensor(math.inf, dtype=costs.dtype)
+    for d in range(1, sx + sy - 1):
+        i = torch.arange(max(0, d - sy + 1), min(d, sx - 1) + 1)
+        j = d - i
+        ip, jp = (i - 1).clamp(min=0), (j - 1).clamp(min=0)
+        diag = torch.where((i > 0) & (j > 0), total[:, ip, jp], inf)
+        left = torch.where(j > 0, total[:, i, jp], inf)
+        up = torch.where(i > 0, total[:, ip, j], inf)
+        take_diag = (diag <= left) & (diag <= up)
+        take_left = ~take_diag & (left <= up)
+        best = torch.where(take_diag, diag, torch.where(take_left, left, up))
+        length = torch.where(take_diag, steps[:, ip, jp], torch.where(take_left, steps[:, i, jp], steps[:, ip, j]))
+        total[:, i, j], steps[:, i, j] = costs[:, i, j] + best, length + 1
     index = torch.arange(batch)
     return total[index, len_x - 1, len_y - 1] / steps[index, len_x - 1, len_y - 1]
 
@@ -185,14 +182,19 @@ class _Table:
 
     def compute(self, pairs: set[tuple[int, int]], budget: int = 2**24) -> None:
         """DTW of every (x, y) pair not computed yet, in batches of similar lengths."""
-        todo = sorted(p for p in pairs if p not in self.cache)
-        todo.sort(key=lambda p: (int(self.lengths[p[0]]), int(self.lengths[p[1]])))
+        lengths = self.lengths.tolist()
+        todo = sorted((p for p in pairs if p not in self.cache), key=lambda p: (lengths[p[0]], lengths[p[1]], p))
         dim = self.padded.shape[2]
         start = 0
         while start < len(todo):
-            sx, sy = int(self.lengths[todo[start][0]]), int(self.lengths[todo[start][1]])
-            size = max(1, budget // max(1, (sx + 1) * (sy + 1) * max(dim, 8)))
-            chunk = todo[start : start + size]
+            # A chunk holds pairs of one x length, so the padding is only along y.
+            sx = lengths[todo[start][0]]
+            end = start
+            while end < len(todo) and lengths[todo[end][0]] == sx:
+                end += 1
+            sy = max(lengths[todo[end - 1][1]], 1)
+            size = max(1, budget // ((sx + sy) * dim + sx * sy))
+            chunk = todo[start : min(end, start + size)]
             x_index = torch.tensor([p[0] for p in chunk])
             y_index = torch.tensor([p[1] for p in chunk])
             len_x, len_y = self.lengths[x_index], self.lengths[y_index]
@@ -200,7 +202,7 @@ class _Table:
             y = self.padded[y_index, : int(len_y.max())]
             values = dtw(frame_distances(x, y, self.distance), len_x, len_y)
             self.cache.update(zip(chunk, values.tolist()))
-            start += size
+            start += len(chunk)
 
     def score(self, group_x: list[int], group_a: list[int], group_b: list[int], same: bool) -> float:
         """Share of (x, a, b) with d(x, a) < d(x, b), ties one half; same: X is A's group, x != a."""
