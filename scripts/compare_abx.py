@@ -34,11 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_features(run: Path) -> tuple[dict, float]:
     store = FeatureStore(RunFolder(run).features_dir)
-    features = {}
-    for entries, frames in store.iter_parts():
-        for entry in entries:
-            features[entry.utt_id] = frames[entry.offset : entry.offset + entry.num_frames]
-    return features, store.frame_rate_hz
+    return {matrix.utt_id: matrix.frames for matrix in store.iter_utterances()}, store.frame_rate_hz
 
 
 def reference(features: dict, rate: float, items_path: Path, folder: Path, args) -> dict[str, float]:

@@ -16,6 +16,8 @@ import torch
 import torchaudio.functional as F
 from rapidfuzz.distance import Levenshtein
 
+from .probe import deduplicate
+
 AUGMENTATIONS = ("noise_20db", "noise_10db", "speed_0.9", "speed_1.1", "pitch_+2", "pitch_-2", "reverb")
 PITCH_RATIOS = {"pitch_+2": (9, 8), "pitch_-2": (8, 9)}  # frequency ratios of about +-2 semitones
 
@@ -53,10 +55,6 @@ def _pitch_shift(samples: torch.Tensor, ratio: tuple[int, int]) -> torch.Tensor:
     stretched = F.phase_vocoder(spec, down / up, advance)
     longer = torch.istft(stretched, 512, 128, window=window, length=round(samples.numel() * up / down))
     return F.resample(longer, up, down)[: samples.numel()]
-
-
-def deduplicate(units: list[int]) -> list[int]:
-    return [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
 
 
 def unit_edit_distance(clean: list[int], other: list[int]) -> float:

@@ -167,9 +167,8 @@ def test_evaluate_stage_writes_abx_for_features_and_units(dataset, tmp_path):
     config.stages = ["evaluate"]
     abx = pipeline.run(config, run_dir).metrics["abx"]
     assert set(abx) == {"features", "units"}
-    store, features = FeatureStore(run_dir / "features"), {}
-    for entries, frames in store.iter_parts():
-        features.update({e.utt_id: frames[e.offset : e.offset + e.num_frames] for e in entries})
+    store = FeatureStore(run_dir / "features")
+    features = {matrix.utt_id: matrix.frames for matrix in store.iter_utterances()}
     direct = abx_error_rates(features, store.frame_rate_hz, items_from_labels(labels, 100.0, speakers))
     assert abx["features"]["within_speaker_error"] == pytest.approx(direct.within)
     assert abx["features"]["across_speaker_error"] == pytest.approx(direct.across)
