@@ -69,11 +69,22 @@ def plain_torch_argmin(frames, centroids, chunk, tf32: bool):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def bench_assign(device, n, dim, k, chunk):
+def make_data(device, n, dim, k, clustered: bool):
+    """Gaussian frames with codewords at data points (+0.1), or clustered frames (2k centres, noise 0.5) with
+    codewords near centres: close second-best codewords, the hard case for a re-rank margin."""
     g = torch.Generator(device=device).manual_seed(0)
-    frames = torch.randn(n, dim, device=device, generator=g)
-    centroids = frames[torch.randperm(n, device=device, generator=g)[:k]].clone() + 0.1
-    section = f"assign N={n} D={dim} K={k}"
+    if not clustered:
+        frames = torch.randn(n, dim, device=device, generator=g)
+        return frames, frames[torch.randperm(n, device=device, generator=g)[:k]].clone() + 0.1
+    centres = torch.randn(2 * k, dim, device=device, generator=g)
+    frames = centres[torch.randint(0, 2 * k, (n,), device=device, generator=g)]
+    frames += 0.5 * torch.randn(n, dim, device=device, generator=g)
+    return frames, centres[:k] + 0.05 * torch.randn(k, dim, device=device, generator=g)
+
+
+def bench_assign(device, n, dim, k, chunk, clustered=False):
+    frames, centroids = make_data(device, n, dim, k, clustered)
+    section = f"assign N={n} D={dim} K={k}" + (" clustered" if clustered else "")
     truth = truth_on_subset(frames, centroids)
     ms, ref = timed(lambda: _gemm_nearest(frames, centroids, chunk)[0], device)
     record(
@@ -92,6 +103,8 @@ def bench_assign(device, n, dim, k, chunk):
             frames_per_s=n / ms * 1e3,
             agree_exact=float((labels == ref).double().mean()),
         )
+    if device.type != "cuda":
+        return  # the smoke test stops here: the other precisions are TF32 / Triton, on CUDA only
     ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk, "tf32")[0], device)
     record(
         section,
@@ -101,6 +114,11 @@ def bench_assign(device, n, dim, k, chunk):
         agree_exact=float((labels == ref).double().mean()),
     )
     ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk, "fast")[0], device)
+    stats = {}
+    if dim > 64 and device.type == "cuda":
+        from speechvq.gpu_kernels import fused_nearest_fp16
+
+        fused_nearest_fp16(frames, centroids, stats=stats)
     record(
         section,
         "speechvq nearest_codewords(precision=fast)",
@@ -108,6 +126,7 @@ def bench_assign(device, n, dim, k, chunk):
         frames_per_s=n / ms * 1e3,
         agree_exact=float((labels == ref).double().mean()),
         agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
+        **{f"frames_{key}": value for key, value in stats.items()},
     )
     ms, labels = timed(lambda: nearest_codewords(frames, centroids, chunk)[0], device)
     record(
@@ -148,11 +167,38 @@ def bench_fused_variants(device, n, dim, k):
             )
 
 
+def bench_fp16_variants(device, n, dim, k):
+    """Tile shapes of the fused fp16 top-2 kernel (D > 64), each with its agreement with float64."""
+    from speechvq.gpu_kernels import fused_nearest_fp16
+
+    frames, centroids = make_data(device, n, dim, k, clustered=False)
+    truth = truth_on_subset(frames, centroids)
+    configs = [(64, 512, 64, 8), (128, 256, 64, 8), (64, 256, 64, 4), (128, 128, 64, 4), (128, 512, 32, 8),
+               (128, 512, 64, 16), (64, 128, 128, 4), (256, 128, 64, 8)]  # fmt: skip
+    for block_n, block_k, block_d, warps in configs:
+
+        def run(bn=block_n, bk=block_k, bd=block_d, w=warps):
+            return fused_nearest_fp16(frames, centroids, block_n=bn, block_k=bk, block_d=bd, num_warps=w)[0]
+
+        try:
+            ms, labels = timed(run, device)
+        except Exception as exc:  # a configuration the compiler refuses is reported, not fatal
+            print(f"  fp16 {block_n}x{block_k}x{block_d} w{warps}: {type(exc).__name__}: {exc}"[:200])
+            continue
+        record(
+            f"fused fp16 N={n} D={dim} K={k}",
+            f"BLOCK_N={block_n} BLOCK_K={block_k} BLOCK_D={block_d} warps={warps}",
+            ms,
+            frames_per_s=n / ms * 1e3,
+            agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
+        )
+
+
 def bench_lloyd(device, n, dim, k, chunk):
     g = torch.Generator(device=device).manual_seed(1)
     frames = torch.randn(n, dim, device=device, generator=g)
     start = frames[torch.randperm(n, device=device, generator=g)[:k]].clone()
-    for precision in ("exact", "fast"):
+    for precision in ("exact", "fast") if device.type == "cuda" else ("exact",):
 
         def one_iteration(precision=precision):
             return lloyd(frames, start, max_iter=1, tol=-1.0, chunk_size=chunk, precision=precision)
@@ -168,13 +214,30 @@ def bench_lloyd(device, n, dim, k, chunk):
             repeats=3,
         )
         record(f"Lloyd N={n} D={dim} K={k}", f"one iteration, precision={precision}", (ms3 - ms1) / 2)
-    # Where an iteration's time goes (fast path): assignment, then the cluster sums by two methods.
+    if device.type != "cuda":
+        return
+    # Where an iteration's time goes (fast path): assignment, then the cluster sums by several methods.
     section = f"Lloyd parts N={n} D={dim} K={k}"
     frames_sq = frames.square().sum(1)
     ms, (labels, _) = timed(lambda: nearest_codewords(frames, start, chunk, "tf32", frames_sq), device)
     record(section, "assignment, tf32, norms precomputed", ms)
     ms, _ = timed(lambda: torch.zeros(k, dim, device=device).index_add_(0, labels, frames), device)
     record(section, "cluster sums, index_add_ (atomics)", ms)
+    if device.type == "cuda":
+        from speechvq.gpu_kernels import segment_sums
+
+        ms, (labels16, _) = timed(lambda: nearest_codewords(frames, start, chunk, "fast", frames_sq), device)
+        record(
+            section,
+            "assignment, fast (fused fp16 top-2 + re-rank)",
+            ms,
+            agree_tf32=float((labels16 == labels).double().mean()),
+        )
+        ms, sums = timed(lambda: segment_sums(frames, labels, k), device)
+        exact = torch.zeros(k, dim, dtype=torch.float64, device=device).index_add_(0, labels, frames.double())
+        record(
+            section, "cluster sums, segment_sums (sorted, float64)", ms, max_abs_err=float((sums - exact).abs().max())
+        )
 
     def one_hot_tf32():
         previous = torch.backends.cuda.matmul.allow_tf32
@@ -248,6 +311,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--skip-end-to-end", action="store_true", help="where no audio I/O library is installed")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)"
@@ -256,12 +320,15 @@ def main() -> None:
     chunk = 8192 if args.smoke else 1 << 19
     started = time.perf_counter()
     bench_assign(device, n_big, 768, 500, chunk)
+    bench_assign(device, n_big, 768, 500, chunk, clustered=True)
     bench_assign(device, n_big, 39, 100, chunk)
     if device.type == "cuda":
+        bench_fp16_variants(device, n_big, 768, 500)
         bench_fused_variants(device, n_big, 39, 100)
     bench_lloyd(device, n_big, 768, 500, chunk)
     bench_mfcc(device, 60 if args.smoke else 3600)
-    bench_end_to_end(device, 1 if args.smoke else 30, workers=1 if args.smoke else 12)
+    if not args.skip_end_to_end:
+        bench_end_to_end(device, 1 if args.smoke else 30, workers=1 if args.smoke else 12)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": ROWS}, indent=2))

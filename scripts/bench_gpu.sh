@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one command (under 5 minutes on one H100): GPU tests, then scripts/bench_gpu.py.
-# Usage: scripts/bench_gpu.sh [output.json]
+# The GPU checks and benchmarks in one command (about 3 minutes on one H100/H200): the CUDA tests, then
+# scripts/bench_gpu.py (assignment, Lloyd, fused kernels, MFCC, end to end) and scripts/bench_ssl.py (HuBERT-base
+# features, fp32 and bf16).
+# Usage: scripts/bench_gpu.sh [OUTPUT_DIR] [extra bench_gpu.py flags, e.g. --skip-end-to-end]
+# SSL_FLAGS (environment): extra bench_ssl.py flags, e.g. --synthetic where no audio library is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+OUT_DIR=${1:-bench_results}
+shift || true
+mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_quantize.py tests/test_kmeans.py
-PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/bench_gpu.py --json "${1:-bench_gpu.json}"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
+"$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_quantize.py tests/test_kmeans.py || echo "GPU TESTS FAILED"
+"$PY" scripts/bench_gpu.py --json "$OUT_DIR/bench_gpu.json" "$@"
+# shellcheck disable=SC2086
+"$PY" scripts/bench_ssl.py --device cuda --minutes 10 --json "$OUT_DIR/bench_ssl_gpu.json" ${SSL_FLAGS:-}

@@ -163,7 +163,7 @@ class CodebookConfig:
     chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
     precision: Precision = Precision[
         "exact"
-    ]  # exact (fp32, deterministic) | fast (CUDA: TF32 + exact top-2 re-rank, atomics)
+    ]  # exact (fp32 GEMMs) | fast (CUDA: fused fp16 top-2 kernel with exact re-rank, label-segment sums)
     checkpoint_every_s: float = 30.0  # k-means state saved this often (0: every iteration); a rerun resumes it
 
 
@@ -172,7 +172,7 @@ class QuantizeConfig:
     chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
     precision: Precision = Precision[
         "exact"
-    ]  # exact | fast (CUDA, large dims: TF32 ranking + exact fp32 re-rank of the top two)
+    ]  # exact | fast (CUDA, large dims: fused fp16 top-2 kernel, near ties re-ranked exactly)
     dedup: bool = True  # also write run-length deduplicated units with durations
 
 

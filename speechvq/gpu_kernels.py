@@ -121,3 +121,236 @@ def fused_nearest(
         num_warps=num_warps,
     )
     return indices, distances
+
+
+# --- High-dimensional features (HuBERT layers: D=768, K=500): fp16 tensor-core products, exact labels -----------
+#
+# Each frame is scaled by a power of two so its largest entry is 2^14 (exact, and far from fp16's overflow), the
+# codebook likewise; products run on fp16 tensor cores with fp32 accumulation while the kernel keeps each frame's
+# best and second-best distance in registers. The rounding of the fp16 operands moves a distance by at most
+# ERROR_FP16 * ||x|| * max||c||, so when the two best differ by more than twice that, the winner is certain. The
+# frames where it is not are re-run with split products (x = hi + lo, three fp16 products: error 2^-14-ish),
+# and the few still in doubt are re-ranked by the exact fp32 GEMM. Distances are ||x - c||^2 computed from the
+# difference in fp32 (a third pass over the frame), not from the expansion.
+
+# Rigorous bounds on |computed - true| of one distance, per unit of ||x|| * max||c||: fp16 operands (2 * 2^-11 on
+# the product, times 2 in the distance) plus fp32 accumulation over at most 1024 terms (2^-14); split operands.
+ERROR_FP16 = 2 * (2 * 2.0**-11 + 2.0**-22) + 2 * 2.0**-14
+ERROR_SPLIT = 2 * (3 * 2.0**-22) + 2 * 2.0**-14
+FP16_SCALE_EXPONENT = 14
+
+if triton is not None:
+
+    @triton.jit
+    def _top2_kernel(
+        x_ptr,
+        c_hi_ptr,
+        c_lo_ptr,
+        c_ptr,
+        c_sq_ptr,
+        out_idx_ptr,
+        out_dist_ptr,
+        out_doubt_ptr,
+        num_frames,
+        stride_x,
+        c_scale,
+        margin,
+        max_c_norm,
+        NUM_CODES: tl.constexpr,
+        DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < num_frames
+        dims = tl.arange(0, BLOCK_D)
+        # Pass 1: norms and the per-frame power-of-two scale.
+        x_sq = tl.zeros((BLOCK_N,), tl.float32)
+        x_max = tl.zeros((BLOCK_N,), tl.float32)
+        for d in range(0, DIM, BLOCK_D):
+            mask = row_ok[:, None] & (d + dims[None, :] < DIM)
+            x = tl.load(x_ptr + rows[:, None] * stride_x + d + dims[None, :], mask=mask, other=0.0)
+            x_sq += tl.sum(x * x, axis=1)
+            x_max = tl.maximum(x_max, tl.max(tl.abs(x), axis=1))
+        row_scale = tl.exp2(14.0 - tl.ceil(tl.log2(tl.maximum(x_max, 1e-30))))  # 14 = FP16_SCALE_EXPONENT
+        unscale = 1.0 / (row_scale * c_scale)
+        # Pass 2: distances block by block of the codebook, keeping the best two per frame.
+        best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        second = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), tl.int32)
+        for start in range(0, NUM_CODES, BLOCK_K):
+            codes = start + tl.arange(0, BLOCK_K)
+            code_ok = codes < NUM_CODES
+            acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+            for d in range(0, DIM, BLOCK_D):
+                dim_ok = d + dims < DIM
+                x = tl.load(
+                    x_ptr + rows[:, None] * stride_x + d + dims[None, :],
+                    mask=row_ok[:, None] & dim_ok[None, :],
+                    other=0.0,
+                )
+                x = x * row_scale[:, None]
+                x_hi = x.to(tl.float16)
+                c_offsets = codes[:, None] * DIM + d + dims[None, :]
+                c_mask = code_ok[:, None] & dim_ok[None, :]
+                c_hi = tl.load(c_hi_ptr + c_offsets, mask=c_mask, other=0.0)
+                acc = tl.dot(x_hi, tl.trans(c_hi), acc)
+                if SPLIT:
+                    x_lo = (x - x_hi.to(tl.float32)).to(tl.float16)
+                    c_lo = tl.load(c_lo_ptr + c_offsets, mask=c_mask, other=0.0)
+                    acc = tl.dot(x_lo, tl.trans(c_hi), acc)
+                    acc = tl.dot(x_hi, tl.trans(c_lo), acc)
+            c_sq = tl.load(c_sq_ptr + codes, mask=code_ok, other=float("inf"))
+            partial = c_sq[None, :] - 2.0 * acc * unscale[:, None]
+            block_best = tl.min(partial, axis=1)
+            block_idx = tl.argmin(partial, axis=1)
+            is_best = tl.arange(0, BLOCK_K)[None, :] == block_idx[:, None]
+            block_second = tl.min(tl.where(is_best, float("inf"), partial), axis=1)
+            second = tl.minimum(tl.maximum(best, block_best), tl.minimum(second, block_second))
+            better = block_best < best  # strict: the lowest index wins ties
+            best_idx = tl.where(better, block_idx + start, best_idx)
+            best = tl.minimum(best, block_best)
+        # Doubt: the two best are within the rounding's reach (or the frame is not finite).
+        bound = margin * tl.sqrt(x_sq) * max_c_norm + 2.0**-20 * (max_c_norm * max_c_norm + x_sq)
+        doubt = ~(second - best > bound)
+        # Pass 3: the distance to the chosen codeword, from the difference.
+        dist = tl.zeros((BLOCK_N,), tl.float32)
+        for d in range(0, DIM, BLOCK_D):
+            mask = row_ok[:, None] & (d + dims[None, :] < DIM)
+            x = tl.load(x_ptr + rows[:, None] * stride_x + d + dims[None, :], mask=mask, other=0.0)
+            c = tl.load(c_ptr + best_idx[:, None] * DIM + d + dims[None, :], mask=mask, other=0.0)
+            diff = x - c
+            dist += tl.sum(diff * diff, axis=1)
+        tl.store(out_idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
+        tl.store(out_dist_ptr + rows, dist, mask=row_ok)
+        tl.store(out_doubt_ptr + rows, doubt.to(tl.int8), mask=row_ok)
+
+    @triton.jit
+    def _segment_sum_kernel(
+        x_ptr,
+        order_ptr,
+        offsets_ptr,
+        out_ptr,
+        stride_x,
+        DIM: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        # One program per (cluster, block of dimensions): sums its cluster's rows in a fixed order, in float64.
+        cluster = tl.program_id(0)
+        dims = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dim_ok = dims < DIM
+        begin = tl.load(offsets_ptr + cluster)
+        end = tl.load(offsets_ptr + cluster + 1)
+        acc = tl.zeros((BLOCK_R, BLOCK_D), tl.float64)
+        r = begin
+        while r < end:  # a while loop: the bounds are loaded values
+            index = r + tl.arange(0, BLOCK_R)
+            ok = index < end
+            rows = tl.load(order_ptr + index, mask=ok, other=0)
+            x = tl.load(x_ptr + rows[:, None] * stride_x + dims[None, :], mask=ok[:, None] & dim_ok[None, :], other=0.0)
+            acc += x.to(tl.float64)
+            r += BLOCK_R
+        tl.store(out_ptr + cluster * DIM + dims, tl.sum(acc, axis=0), mask=dim_ok)
+
+
+class Fp16Codebook:
+    """The codebook as _top2_kernel reads it: scaled fp16 hi and lo parts, fp32 rows, exact squared norms."""
+
+    def __init__(self, centroids: torch.Tensor):
+        c = centroids.contiguous().float()
+        largest = float(c.abs().max()) if c.numel() else 1.0
+        self.scale = 2.0 ** (FP16_SCALE_EXPONENT - torch.tensor(max(largest, 1e-30)).log2().ceil().item())
+        scaled = c * self.scale
+        self.hi = scaled.half().contiguous()
+        self.lo = (scaled - self.hi.float()).half().contiguous()
+        self.rows = c
+        self.sq = c.double().square().sum(1).float().contiguous()
+        self.max_norm = float(self.sq.max().sqrt()) if c.numel() else 0.0
+
+
+def _top2(frames, book: Fp16Codebook, split: bool, block_n: int, block_k: int, block_d: int, num_warps: int):
+    num_frames, dim = frames.shape
+    indices = torch.empty(num_frames, dtype=torch.long, device=frames.device)
+    distances = torch.empty(num_frames, dtype=torch.float32, device=frames.device)
+    doubt = torch.empty(num_frames, dtype=torch.int8, device=frames.device)
+    if num_frames:
+        _top2_kernel[(triton.cdiv(num_frames, block_n),)](
+            frames,
+            book.hi,
+            book.lo,
+            book.rows,
+            book.sq,
+            indices,
+            distances,
+            doubt,
+            num_frames,
+            frames.stride(0),
+            book.scale,
+            2 * (ERROR_SPLIT if split else ERROR_FP16),
+            book.max_norm,
+            NUM_CODES=book.rows.shape[0],
+            DIM=dim,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            BLOCK_D=block_d,
+            SPLIT=split,
+            num_warps=num_warps,
+        )
+    return indices, distances, doubt.bool()
+
+
+def fused_nearest_fp16(
+    frames: torch.Tensor,
+    centroids: torch.Tensor,
+    block_n: int = 64,
+    block_k: int | None = None,
+    block_d: int = 64,
+    num_warps: int = 8,
+    stats: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num_frames, dim) x (codebook_size, dim) -> (indices int64, squared distances fp32), for any dim: the
+    labels are those of an exact computation (fp16 products only where they provably decide; see above).
+    block_k: codewords per tile (default: the codebook rounded up to a power of two, at most 512).
+    stats, if given, receives how many frames each stage resolved."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    frames = frames.contiguous().float()
+    book = Fp16Codebook(centroids.to(frames.device))
+    block_k = block_k or min(512, max(16, triton.next_power_of_2(book.rows.shape[0])))
+    indices, distances, doubt = _top2(frames, book, False, block_n, block_k, block_d, num_warps)
+    rows = doubt.nonzero().squeeze(1)
+    if stats is not None:
+        stats.update(frames=frames.shape[0], split=rows.numel(), fp32=0)
+    if rows.numel():
+        idx2, dist2, doubt2 = _top2(frames[rows], book, True, block_n, block_k, block_d, num_warps)
+        indices[rows], distances[rows] = idx2, dist2
+        rows = rows[doubt2]
+        if stats is not None:
+            stats["fp32"] = rows.numel()
+    if rows.numel():
+        from .quantize import _gemm_nearest  # the exact fp32 path, for the last near-ties
+
+        idx3, dist3 = _gemm_nearest(frames[rows], book.rows, chunk_size=1 << 16)
+        indices[rows], distances[rows] = idx3, dist3
+    return indices, distances
+
+
+def segment_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Per-cluster sums (codebook_size, dim) in float64, without atomics: frames are visited in label order, each
+    cluster's rows summed by its own programs in a fixed order, so the result is reproducible."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    frames = frames.contiguous().float()
+    dim = frames.shape[1]
+    order = torch.argsort(labels, stable=True)
+    offsets = torch.zeros(codebook_size + 1, dtype=torch.long, device=frames.device)
+    offsets[1:] = torch.bincount(labels, minlength=codebook_size).cumsum(0)
+    sums = torch.empty(codebook_size, dim, dtype=torch.float64, device=frames.device)
+    block_d = min(128, max(16, triton.next_power_of_2(dim)))
+    grid = (codebook_size, triton.cdiv(dim, block_d))
+    _segment_sum_kernel[grid](frames, order, offsets, sums, frames.stride(0), DIM=dim, BLOCK_R=32, BLOCK_D=block_d)
+    return sums

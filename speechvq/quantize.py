@@ -1,10 +1,12 @@
 """Nearest-codeword search: distances as one GEMM per chunk of frames (never a per-frame loop), or on CUDA
 for small dimensions a fused Triton kernel that never writes the distance matrix.
 
-precision="exact" (default) is fp32 throughout; "tf32" (CUDA) is a plain TF32 GEMM + argmin, for k-means
-training where a rare near-tie flip does not matter. precision="fast" (CUDA, large dims) ranks the codebook with a
-TF32 GEMM and re-ranks in exact fp32 every frame whose two best TF32 distances are within the TF32 error bound
-of each other (see _tf32_top2_rerank); agreement with the exact path is measured in scripts/bench_gpu.py."""
+precision="exact" (default) is fp32 throughout; "tf32" (CUDA) is a plain TF32 GEMM + argmin. precision="fast"
+(CUDA, large dims) is gpu_kernels.fused_nearest_fp16: fp16 tensor-core products with a running top-2 in
+registers, and every frame whose two best distances are within the products' proven error bound re-ranked with
+split products, then in exact fp32, so its labels are those of the exact computation. Without Triton, "fast"
+falls back to a TF32 GEMM with a heuristic re-rank margin (_tf32_top2_rerank). Speed and agreement are measured
+in scripts/bench_gpu.py."""
 
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ def nearest_codewords(
     if frames.is_cuda and frames.shape[-1] <= FUSED_MAX_DIM and gpu_kernels.available(frames.device):
         return gpu_kernels.fused_nearest(frames, centroids)
     if precision == "fast" and frames.is_cuda:
+        if gpu_kernels.available(frames.device):
+            return gpu_kernels.fused_nearest_fp16(frames, centroids)
         return _tf32_top2_rerank(frames, centroids, chunk_size)
     if precision == "tf32" and frames.is_cuda:
         return _gemm_nearest(frames, centroids, chunk_size, tf32=True, frames_sq=frames_sq)

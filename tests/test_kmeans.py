@@ -138,3 +138,24 @@ def test_cuda_is_deterministic_and_agrees_with_cpu_quality():
     labels, _ = nearest_codewords(points, a.centroids.cpu())
     table = contingency(truth, labels, 12)
     assert ((table > 0).sum(1) == 1).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fast_kmeans_is_reproducible_with_exact_sums_at_hubert_size():
+    """precision=fast at D=768: the label-segment cluster sums equal float64 sums, and two runs give the same
+    codebook bit for bit (no atomics left in the fast path), as good as the exact path's."""
+    from speechvq.gpu_kernels import segment_sums
+
+    g = torch.Generator().manual_seed(5)
+    centers = torch.randn(64, 768, generator=g)
+    points = (
+        centers[torch.randint(0, 64, (60_000,), generator=g)] + 0.3 * torch.randn(60_000, 768, generator=g)
+    ).cuda()
+    labels = torch.randint(0, 500, (points.shape[0],), generator=g).cuda()
+    exact_sums = torch.zeros(500, 768, dtype=torch.float64).index_add_(0, labels.cpu(), points.cpu().double())
+    assert torch.allclose(segment_sums(points, labels, 500).cpu(), exact_sums, rtol=1e-12, atol=1e-9)
+    runs = [kmeans(points, 64, generator=torch.Generator("cuda").manual_seed(0), precision=p) for p in ("fast",) * 2]
+    assert torch.equal(runs[0].centroids, runs[1].centroids)
+    exact = kmeans(points, 64, generator=torch.Generator("cuda").manual_seed(0))
+    assert runs[0].inertia <= exact.inertia * (1 + 1e-6)

@@ -97,6 +97,55 @@ def test_fused_triton_kernel_in_the_interpreter():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+FP16_KERNEL_CHECK = """
+import torch
+from speechvq import gpu_kernels as gk
+g = torch.Generator().manual_seed(0)
+for n, d, k, block_k, block_d in [(300, 96, 37, None, 32), (257, 80, 20, 16, 32)]:
+    x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    x[5] *= 1e-6
+    x[6] *= 1e4  # the per-frame scale at both ends of the range
+    x[7] = c[3]
+    # Near ties that fp16 products cannot separate: just past the midpoint of two codewords, towards the second.
+    pairs = torch.randint(0, k, (60, 2), generator=g)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    x[100 : 100 + len(pairs)] = 0.5 * (c[pairs[:, 0]] + c[pairs[:, 1]]) + 1e-6 * (c[pairs[:, 1]] - c[pairs[:, 0]])
+    ref = (x.double()[:, None] - c.double()[None]).square().sum(-1)
+    stats = {}
+    idx, dist = gk.fused_nearest_fp16(x, c, block_n=32, block_k=block_k, block_d=block_d, num_warps=4, stats=stats)
+    assert torch.equal(idx, ref.argmin(1)), (idx != ref.argmin(1)).nonzero()
+    assert ((dist.double() - ref.min(1).values).abs() <= 1e-5 * (1 + ref.min(1).values)).all()
+    # Teeth: fp16 products alone get some near ties wrong, and exactly those are in doubt.
+    book = gk.Fp16Codebook(c)
+    first, _, doubt = gk._top2(x.contiguous(), book, False, 32, block_k or 64, block_d, 4)
+    wrong = first != ref.argmin(1)
+    assert wrong[100 : 100 + len(pairs)].any() and not (wrong & ~doubt).any(), (wrong.sum(), doubt.sum())
+    assert stats["split"] >= int(wrong.sum()) and stats["split"] < n // 2, stats
+    labels = torch.randint(0, k, (n,), generator=g)
+    labels[labels == 3] = 4  # an empty cluster
+    sums = gk.segment_sums(x, labels, k)
+    assert sums.dtype == torch.float64 and not sums[3].any()
+    assert torch.allclose(sums, torch.zeros(k, d, dtype=torch.float64).index_add_(0, labels, x.double()), rtol=1e-12)
+print("ok")
+"""
+
+
+def test_fp16_kernel_and_segment_sums_in_the_interpreter():
+    """The high-dimensional kernel (fp16 products, proven-bound re-rank) and the atomics-free cluster sums, run by
+    Triton's CPU interpreter: labels equal the float64 argmin, also on near ties that fp16 alone gets wrong."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FP16_KERNEL_CHECK],
+        env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_precision_argument_is_checked():
     with pytest.raises(ValueError, match="precision"):
         nearest_codewords(torch.zeros(2, 3), torch.zeros(2, 3), precision="half")

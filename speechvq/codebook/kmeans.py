@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from .. import gpu_kernels
 from ..quantize import check_chunk_size, check_precision, nearest_codewords
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ def kmeans(
 ) -> KMeansResult:
     """Cluster frames (num_frames, dim) into codebook_size centroids; best of n_init restarts.
 
-    precision="fast" (CUDA) assigns with a TF32 GEMM and sums clusters with index_add_ (atomics: fast, but
-    not bit-reproducible); "exact" is fp32 and deterministic. checkpointer: state is offered after each Lloyd
+    precision="fast" (CUDA) assigns with the fused fp16 kernel (exact labels) and sums clusters by label
+    segments (gpu_kernels.segment_sums; without Triton: a TF32 GEMM and index_add_'s atomics, not bit-reproducible);
+    "exact" is fp32 GEMMs and deterministic. checkpointer: state is offered after each Lloyd
     iteration, and a saved state is resumed from, giving the same codebook as an uninterrupted run."""
     _check_arguments(frames, codebook_size, max_iter, n_init, chunk_size, precision)
     frames = frames.to(torch.float32).contiguous()
@@ -196,7 +198,7 @@ def lloyd(
     codebook_size = centroids.shape[0]
     history = list(history or [])
     converged = False
-    assign = "tf32" if precision == "fast" else "exact"  # training tolerates a rare near-tie flip
+    assign = precision
     frames_sq = frames.square().sum(dim=1)  # once, not once per iteration
     labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
     bar = tqdm(total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False)
@@ -221,7 +223,9 @@ def lloyd(
 
 def _update(frames, labels, sq_dists, codebook_size, precision, frames_of: LocalFrames) -> torch.Tensor:
     counts = frames_of.sum(torch.bincount(labels, minlength=codebook_size))
-    if precision == "fast" and frames.is_cuda:
+    if precision == "fast" and frames.is_cuda and gpu_kernels.available(frames.device):
+        sums = gpu_kernels.segment_sums(frames, labels, codebook_size)
+    elif precision == "fast" and frames.is_cuda:
         sums = torch.zeros(codebook_size, frames.shape[1], device=frames.device).index_add_(0, labels, frames)
     else:
         sums = _cluster_sums(frames, labels, codebook_size)
