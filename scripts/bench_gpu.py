@@ -11,6 +11,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -319,16 +320,28 @@ def main() -> None:
     n_big = 20_000 if args.smoke else 4_000_000
     chunk = 8192 if args.smoke else 1 << 19
     started = time.perf_counter()
-    bench_assign(device, n_big, 768, 500, chunk)
-    bench_assign(device, n_big, 768, 500, chunk, clustered=True)
-    bench_assign(device, n_big, 39, 100, chunk)
+    sections = [
+        lambda: bench_assign(device, n_big, 768, 500, chunk),
+        lambda: bench_assign(device, n_big, 768, 500, chunk, clustered=True),
+        lambda: bench_assign(device, n_big, 39, 100, chunk),
+    ]
     if device.type == "cuda":
-        bench_fp16_variants(device, n_big, 768, 500)
-        bench_fused_variants(device, n_big, 39, 100)
-    bench_lloyd(device, n_big, 768, 500, chunk)
-    bench_mfcc(device, 60 if args.smoke else 3600)
+        sections += [
+            lambda: bench_fp16_variants(device, n_big, 768, 500),
+            lambda: bench_fused_variants(device, n_big, 39, 100),
+        ]
+    sections += [
+        lambda: bench_lloyd(device, n_big, 768, 500, chunk),
+        lambda: bench_mfcc(device, 60 if args.smoke else 3600),
+    ]
     if not args.skip_end_to_end:
-        bench_end_to_end(device, 1 if args.smoke else 30, workers=1 if args.smoke else 12)
+        sections.append(lambda: bench_end_to_end(device, 1 if args.smoke else 30, workers=1 if args.smoke else 12))
+    for section in sections:
+        try:
+            section()
+        except Exception:  # one failing section is reported; the others still run
+            traceback.print_exc()
+        torch.cuda.empty_cache() if device.type == "cuda" else None
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": ROWS}, indent=2))
