@@ -14,8 +14,24 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError:  # pragma: no cover - triton ships with the CUDA wheels of torch
     triton = None
+
+
+def _launch_shrinking(launch, block_n: int, block_k: int):
+    """launch(block_n, block_k); where a tile needs more shared memory than this GPU has (the limit differs
+    between cards and Triton versions), halve the codebook tile, then the frame tile, and launch again."""
+    while True:
+        try:
+            return launch(block_n, block_k)
+        except OutOfResources:
+            if block_k > 16:
+                block_k //= 2
+            elif block_n > 16:
+                block_n //= 2
+            else:
+                raise
 
 
 def available(device: torch.device) -> bool:
@@ -50,7 +66,9 @@ if triton is not None:
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < num_frames
         x = tl.load(
-            x_ptr + rows[:, None] * stride_x + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < DIM), other=0.0
+            x_ptr + rows.to(tl.int64)[:, None] * stride_x + dims[None, :],
+            mask=row_ok[:, None] & (dims[None, :] < DIM),
+            other=0.0,
         )
         x_sq = tl.sum(x * x, axis=1)
         best = tl.full((BLOCK_N,), float("inf"), tl.float32)
@@ -102,23 +120,27 @@ def fused_nearest(
     distances = torch.empty(num_frames, dtype=torch.float32, device=frames.device)
     if num_frames == 0:
         return indices, distances
-    grid = (triton.cdiv(num_frames, block_n),)
-    _nearest_kernel[grid](
-        frames,
-        centroids,
-        centroids.square().sum(1).contiguous(),
-        indices,
-        distances,
-        num_frames,
-        frames.stride(0),
-        centroids.stride(0),
-        NUM_CODES=centroids.shape[0],
-        DIM=dim,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        BLOCK_D=block_d,
-        PRECISION=precision,
-        num_warps=num_warps,
+    centroid_sq = centroids.square().sum(1).contiguous()
+    _launch_shrinking(
+        lambda bn, bk: _nearest_kernel[(triton.cdiv(num_frames, bn),)](
+            frames,
+            centroids,
+            centroid_sq,
+            indices,
+            distances,
+            num_frames,
+            frames.stride(0),
+            centroids.stride(0),
+            NUM_CODES=centroids.shape[0],
+            DIM=dim,
+            BLOCK_N=bn,
+            BLOCK_K=bk,
+            BLOCK_D=block_d,
+            PRECISION=precision,
+            num_warps=num_warps,
+        ),
+        block_n,
+        block_k,
     )
     return indices, distances
 
@@ -166,13 +188,14 @@ if triton is not None:
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < num_frames
+        row_offsets = rows.to(tl.int64) * stride_x  # int64: rows x stride passes 2^31 at 2.8M frames of 768 dims
         dims = tl.arange(0, BLOCK_D)
         # Pass 1: norms and the per-frame power-of-two scale.
         x_sq = tl.zeros((BLOCK_N,), tl.float32)
         x_max = tl.zeros((BLOCK_N,), tl.float32)
         for d in range(0, DIM, BLOCK_D):
             mask = row_ok[:, None] & (d + dims[None, :] < DIM)
-            x = tl.load(x_ptr + rows[:, None] * stride_x + d + dims[None, :], mask=mask, other=0.0)
+            x = tl.load(x_ptr + row_offsets[:, None] + d + dims[None, :], mask=mask, other=0.0)
             x_sq += tl.sum(x * x, axis=1)
             x_max = tl.maximum(x_max, tl.max(tl.abs(x), axis=1))
         row_scale = tl.exp2(14.0 - tl.ceil(tl.log2(tl.maximum(x_max, 1e-30))))  # 14 = FP16_SCALE_EXPONENT
@@ -188,7 +211,7 @@ if triton is not None:
             for d in range(0, DIM, BLOCK_D):
                 dim_ok = d + dims < DIM
                 x = tl.load(
-                    x_ptr + rows[:, None] * stride_x + d + dims[None, :],
+                    x_ptr + row_offsets[:, None] + d + dims[None, :],
                     mask=row_ok[:, None] & dim_ok[None, :],
                     other=0.0,
                 )
@@ -220,7 +243,7 @@ if triton is not None:
         dist = tl.zeros((BLOCK_N,), tl.float32)
         for d in range(0, DIM, BLOCK_D):
             mask = row_ok[:, None] & (d + dims[None, :] < DIM)
-            x = tl.load(x_ptr + rows[:, None] * stride_x + d + dims[None, :], mask=mask, other=0.0)
+            x = tl.load(x_ptr + row_offsets[:, None] + d + dims[None, :], mask=mask, other=0.0)
             c = tl.load(c_ptr + best_idx[:, None] * DIM + d + dims[None, :], mask=mask, other=0.0)
             diff = x - c
             dist += tl.sum(diff * diff, axis=1)
@@ -278,27 +301,31 @@ def _top2(frames, book: Fp16Codebook, split: bool, block_n: int, block_k: int, b
     distances = torch.empty(num_frames, dtype=torch.float32, device=frames.device)
     doubt = torch.empty(num_frames, dtype=torch.int8, device=frames.device)
     if num_frames:
-        _top2_kernel[(triton.cdiv(num_frames, block_n),)](
-            frames,
-            book.hi,
-            book.lo,
-            book.rows,
-            book.sq,
-            indices,
-            distances,
-            doubt,
-            num_frames,
-            frames.stride(0),
-            book.scale,
-            2 * (ERROR_SPLIT if split else ERROR_FP16),
-            book.max_norm,
-            NUM_CODES=book.rows.shape[0],
-            DIM=dim,
-            BLOCK_N=block_n,
-            BLOCK_K=block_k,
-            BLOCK_D=block_d,
-            SPLIT=split,
-            num_warps=num_warps,
+        _launch_shrinking(
+            lambda bn, bk: _top2_kernel[(triton.cdiv(num_frames, bn),)](
+                frames,
+                book.hi,
+                book.lo,
+                book.rows,
+                book.sq,
+                indices,
+                distances,
+                doubt,
+                num_frames,
+                frames.stride(0),
+                book.scale,
+                2 * (ERROR_SPLIT if split else ERROR_FP16),
+                book.max_norm,
+                NUM_CODES=book.rows.shape[0],
+                DIM=dim,
+                BLOCK_N=bn,
+                BLOCK_K=bk,
+                BLOCK_D=block_d,
+                SPLIT=split,
+                num_warps=num_warps,
+            ),
+            block_n,
+            block_k,
         )
     return indices, distances, doubt.bool()
 
