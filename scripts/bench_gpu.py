@@ -260,6 +260,23 @@ def bench_lloyd(device, n, dim, k, chunk):
     record(section, "cluster sums, sort + segment_reduce (gather included)", ms)
 
 
+def bench_kmeans_fit(device, n, dim, k):
+    """A whole k-means fit (precision=fast, one restart, at most 20 iterations): the figure SCALING.md projects."""
+    from speechvq.codebook import kmeans
+
+    frames, _ = make_data(device, n, dim, k, clustered=True)
+    start = time.perf_counter()
+    result = kmeans(frames, k, generator=torch.Generator(device=device).manual_seed(0), max_iter=20, precision="fast")
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - start) * 1e3
+    record(
+        f"k-means fit N={n} D={dim} K={k}",
+        "precision=fast, n_init=1, max_iter=20",
+        ms,
+        iterations=result.num_iterations,
+    )
+
+
 def bench_mfcc(device, seconds):
     from conftest import speechlike
 
@@ -313,6 +330,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-end-to-end", action="store_true", help="where no audio I/O library is installed")
+    parser.add_argument("--only", help="comma-separated section numbers, in the order main lists them")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)"
@@ -336,6 +354,14 @@ def main() -> None:
     ]
     if not args.skip_end_to_end:
         sections.append(lambda: bench_end_to_end(device, 1 if args.smoke else 30, workers=1 if args.smoke else 12))
+    if device.type == "cuda":
+        sections += [
+            lambda: bench_lloyd(device, n_big, 39, 500, chunk),
+            lambda: bench_kmeans_fit(device, n_big, 768, 500),
+        ]
+        sections += [lambda: bench_kmeans_fit(device, n_big, 39, 500)]
+    if args.only:
+        sections = [sections[int(i)] for i in args.only.split(",")]
     for section in sections:
         try:
             section()

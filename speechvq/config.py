@@ -163,7 +163,7 @@ class CodebookConfig:
     chunk_size: int | None = None  # frames per distance block (null: 4096 on CPU, 524288 on CUDA)
     precision: Precision = Precision[
         "exact"
-    ]  # exact (fp32 GEMMs) | fast (CUDA: fused fp16 top-2 kernel with exact re-rank, label-segment sums)
+    ]  # exact (fp32 GEMMs) | fast (CUDA: TF32 assignment, atomics-free label-segment sums)
     checkpoint_every_s: float = 30.0  # k-means state saved this often (0: every iteration); a rerun resumes it
 
 

@@ -333,7 +333,7 @@ def _top2(frames, book: Fp16Codebook, split: bool, block_n: int, block_k: int, b
 def fused_nearest_fp16(
     frames: torch.Tensor,
     centroids: torch.Tensor,
-    block_n: int = 64,
+    block_n: int = 128,
     block_k: int | None = None,
     block_d: int = 64,
     num_warps: int = 8,
@@ -341,13 +341,14 @@ def fused_nearest_fp16(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(num_frames, dim) x (codebook_size, dim) -> (indices int64, squared distances fp32), for any dim: the
     labels are those of an exact computation (fp16 products only where they provably decide; see above).
-    block_k: codewords per tile (default: the codebook rounded up to a power of two, at most 512).
+    block_k: codewords per tile (default: the codebook rounded up to a power of two, at most 256; the defaults
+    were the fastest of eight tilings on an H200, see scripts/bench_gpu.py).
     stats, if given, receives how many frames each stage resolved."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     frames = frames.contiguous().float()
     book = Fp16Codebook(centroids.to(frames.device))
-    block_k = block_k or min(512, max(16, triton.next_power_of_2(book.rows.shape[0])))
+    block_k = block_k or min(256, max(16, triton.next_power_of_2(book.rows.shape[0])))
     indices, distances, doubt = _top2(frames, book, False, block_n, block_k, block_d, num_warps)
     rows = doubt.nonzero().squeeze(1)
     if stats is not None:
