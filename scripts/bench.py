@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,13 +45,49 @@ def record(section: str, method: str, seconds: float, **extra) -> None:
     print(f"  {section:<22} {method:<44} {seconds:8.3f} s  {details}", flush=True)
 
 
-def best_of(repeats: int, fn):
-    best, out = float("inf"), None
+def interleaved(methods: dict, repeats: int) -> dict:
+    """Every method once per round, `repeats` rounds, so drift of a shared machine hits all methods alike.
+    Returns {name: (median seconds, min, max, last output)}."""
+    times = {name: [] for name in methods}
+    outputs = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t), max(t), outputs[name]) for name, t in times.items()}
+
+
+def machine() -> dict:
+    """CPU model and vendor, SIMD level, torch's BLAS and the BLAS libraries numpy / faiss load, threads."""
+    info = {"cpu": platform.processor() or platform.machine(), "vendor": "?", "simd": [], "cpus": os.cpu_count()}
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+        field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines) if v}
+        info["cpu"], info["vendor"] = field.get("model name", info["cpu"]), field.get("vendor_id", "?")
+        info["simd"] = [
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in field.get("flags", "").split()
+        ]
+    except OSError:
+        pass
+    config = torch.__config__.show()
+    info["torch_blas"] = next(
+        (line.split("=", 1)[1].strip(" ,") for line in config.split(",") if "BLAS_INFO" in line), "?"
+    )
+    info["torch_mkl"] = torch.backends.mkl.is_available()
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["torch_threads"] = torch.get_num_threads()
+    try:
+        import faiss  # noqa: F401  loads its BLAS, so threadpoolctl lists it
+        from threadpoolctl import threadpool_info
+
+        info["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
+            for p in threadpool_info()
+        ]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl / faiss not installed"
+    return info
 
 
 def inertia(frames: torch.Tensor, centroids) -> float:
@@ -106,16 +143,19 @@ def bench_features(total_seconds: float) -> None:
             librosa.feature.mfcc(y=w.numpy(), sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=23) for w in waves
         ]
 
-    with torch.inference_mode():
-        t_recipe, ref = best_of(5, recipe)
-        t_ours, ours = best_of(5, batched)
-    t_librosa, _ = best_of(1, with_librosa)
+    with torch.inference_mode():  # median of 5 interleaved rounds (the issue's rule for this comparison)
+        results = interleaved({"recipe": recipe, "batched": batched}, repeats=5)
+    (t_recipe, lo_r, hi_r, ref), (t_ours, lo_o, hi_o, ours) = results["recipe"], results["batched"]
+    t_librosa, _, _, _ = interleaved({"librosa": with_librosa}, repeats=1)["librosa"]
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, ours))
-    record("features", "fairseq recipe (per utterance)", t_recipe, rtf=seconds / t_recipe)
+    record(
+        "features", "fairseq recipe (per utterance)", t_recipe, range_s=f"{lo_r:.3f}-{hi_r:.3f}", rtf=seconds / t_recipe
+    )
     record(
         "features",
         "speechvq mfcc_hubert (batched)",
         t_ours,
+        range_s=f"{lo_o:.3f}-{hi_o:.3f}",
         rtf=seconds / t_ours,
         speedup_vs_recipe=t_recipe / t_ours,
         max_abs_diff=max_diff,
@@ -157,11 +197,26 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
     from sklearn.cluster import MiniBatchKMeans
 
     section = f"k-means {label}"
-    start = time.perf_counter()
     fit = kmeans(frames, k, generator=torch.Generator().manual_seed(0), max_iter=100, tol=1e-4, n_init=1)
-    t_ours = time.perf_counter() - start
-    ours = inertia(frames, fit.centroids)
-    record(section, "speechvq (k-means++, Lloyd, n_init=1)", t_ours, inertia=ours, iterations=fit.num_iterations)
+    x = np.ascontiguousarray(frames.numpy())
+
+    def faiss_fit(max_points):
+        km = faiss.Kmeans(x.shape[1], k, niter=fit.num_iterations, seed=1, max_points_per_centroid=max_points)
+        km.train(x)
+        return km.centroids
+
+    methods = {
+        "speechvq (k-means++, Lloyd, n_init=1)": lambda: (
+            kmeans(frames, k, generator=torch.Generator().manual_seed(0), max_iter=100, tol=1e-4, n_init=1).centroids
+        ),
+        f"faiss.Kmeans, all points (niter={fit.num_iterations})": lambda: faiss_fit(x.shape[0] // k + 1),
+        f"faiss.Kmeans, default 256 pts/centroid (niter={fit.num_iterations})": lambda: faiss_fit(256),
+    }
+    results = interleaved(methods, repeats=3)
+    t_ours = results[next(iter(methods))][0]
+    for name, (median, low, high, centroids) in results.items():
+        extra = {} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}
+        record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)
     if with_minibatch:
         start = time.perf_counter()
         mbk = MiniBatchKMeans(
@@ -184,24 +239,6 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
             inertia=inertia(frames, mbk.cluster_centers_),
             speechvq_speedup=t_mbk / t_ours,
         )
-    x = np.ascontiguousarray(frames.numpy())
-    for name, max_points in (
-        ("faiss.Kmeans, all points", x.shape[0] // k + 1),
-        ("faiss.Kmeans, default 256 pts/centroid", 256),
-    ):
-        km = faiss.Kmeans(
-            x.shape[1], k, niter=fit.num_iterations, seed=1, max_points_per_centroid=max_points, verbose=False
-        )
-        start = time.perf_counter()
-        km.train(x)
-        t = time.perf_counter() - start
-        record(
-            section,
-            f"{name} (niter={fit.num_iterations})",
-            t,
-            inertia=inertia(frames, km.centroids),
-            speechvq_speedup=t / t_ours,
-        )
 
 
 # ------------------------------------------------------------------ assignment
@@ -217,39 +254,32 @@ def bench_assignment(frames: torch.Tensor, k: int, label: str) -> None:
     x, c = frames.numpy(), centroids.numpy()
     n = frames.shape[0]
 
-    t, (labels, _) = best_of(3, lambda: nearest_codewords(frames, centroids))
-    record(
-        section,
-        "speechvq nearest_codewords (fp32)",
-        t,
-        frames_per_s=n / t,
-        agreement=float((labels == truth).double().mean()),
-    )
-
-    c_norm = (c**2).sum(0 if False else 1)
+    c_norm = (c**2).sum(1)
 
     def apply_kmeans():  # fairseq examples/hubert/simple_kmeans/dump_km_label.py ApplyKmeans (numpy)
         dist = (x**2).sum(1, keepdims=True) - 2 * np.matmul(x, c.T) + c_norm[None, :]
-        return np.argmin(dist, axis=1)
+        return torch.from_numpy(np.argmin(dist, axis=1))
 
-    t, labels = best_of(3, apply_kmeans)
-    record(
-        section,
-        "fairseq ApplyKmeans (numpy)",
-        t,
-        frames_per_s=n / t,
-        agreement=float((torch.from_numpy(labels) == truth).double().mean()),
-    )
     index = faiss.IndexFlatL2(c.shape[1])
     index.add(np.ascontiguousarray(c))
-    t, (_, labels) = best_of(3, lambda: index.search(np.ascontiguousarray(x), 1))
-    record(
-        section,
-        "faiss IndexFlatL2.search(k=1)",
-        t,
-        frames_per_s=n / t,
-        agreement=float((torch.from_numpy(labels[:, 0]) == truth).double().mean()),
-    )
+    x_contiguous = np.ascontiguousarray(x)
+    methods = {
+        "speechvq nearest_codewords (fp32)": lambda: nearest_codewords(frames, centroids)[0],
+        "fairseq ApplyKmeans (numpy)": apply_kmeans,
+        "faiss IndexFlatL2.search(k=1)": lambda: torch.from_numpy(index.search(x_contiguous, 1)[1][:, 0]),
+    }
+    results = interleaved(methods, repeats=5)
+    t_ours = results["speechvq nearest_codewords (fp32)"][0]
+    for name, (median, low, high, labels) in results.items():
+        record(
+            section,
+            name,
+            median,
+            range_s=f"{low:.4f}-{high:.4f}",
+            frames_per_s=n / median,
+            agreement=float((labels == truth).double().mean()),
+            **({} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}),
+        )
 
 
 # ------------------------------------------------------------------ end to end
@@ -304,13 +334,15 @@ def bench_end_to_end(work: Path, e2e_minutes: float, small_files: int) -> None:
 
     corpus = work / "long"
     audio_s = write_corpus(corpus, num_files=int(e2e_minutes * 60 / 15), seconds=15.0)
-    stats = run_child(corpus, codebook, work / "run_long")
+    runs = [run_child(corpus, codebook, work / f"run_long{index}") for index in range(3)]  # median of 3
+    seconds = sorted(run["seconds"] for run in runs)
     record(
         "end to end",
         f"{audio_s / 60:.0f} min of 16 kHz WAV, ~15 s files",
-        stats["seconds"],
-        realtime_factor=audio_s / stats["seconds"],
-        peak_rss_mb=stats["peak_rss_mb"],
+        seconds[1],
+        range_s=f"{seconds[0]:.2f}-{seconds[2]:.2f}",
+        realtime_factor=audio_s / seconds[1],
+        peak_rss_mb=max(run["peak_rss_mb"] for run in runs),
     )
 
     for count in (small_files, 10 * small_files):
@@ -333,10 +365,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for checking the script itself")
     parser.add_argument("--skip", nargs="*", default=[], choices=["features", "kmeans", "assign", "e2e"])
     args = parser.parse_args()
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    info = machine()
+    print(json.dumps(info, indent=1))
     quick = args.quick
     started = time.perf_counter()
     if "features" not in args.skip:
@@ -355,9 +385,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__, "rows": ROWS}, indent=2)
-        )
+        args.json.write_text(json.dumps({"machine": info, "torch": torch.__version__, "rows": ROWS}, indent=2))
 
 
 if __name__ == "__main__":

@@ -164,33 +164,9 @@ FP16_SCALE_EXPONENT = 14
 if triton is not None:
 
     @triton.jit
-    def _top2_kernel(
-        x_ptr,
-        c_hi_ptr,
-        c_lo_ptr,
-        c_ptr,
-        c_sq_ptr,
-        out_idx_ptr,
-        out_dist_ptr,
-        out_doubt_ptr,
-        num_frames,
-        stride_x,
-        c_scale,
-        margin,
-        max_c_norm,
-        NUM_CODES: tl.constexpr,
-        DIM: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        SPLIT: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < num_frames
-        row_offsets = rows.to(tl.int64) * stride_x  # int64: rows x stride passes 2^31 at 2.8M frames of 768 dims
+    def _frame_norms(x_ptr, row_offsets, row_ok, DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Pass 1: squared norms, and the power-of-two scale that puts each frame's largest entry at 2^14."""
         dims = tl.arange(0, BLOCK_D)
-        # Pass 1: norms and the per-frame power-of-two scale.
         x_sq = tl.zeros((BLOCK_N,), tl.float32)
         x_max = tl.zeros((BLOCK_N,), tl.float32)
         for d in range(0, DIM, BLOCK_D):
@@ -198,55 +174,88 @@ if triton is not None:
             x = tl.load(x_ptr + row_offsets[:, None] + d + dims[None, :], mask=mask, other=0.0)
             x_sq += tl.sum(x * x, axis=1)
             x_max = tl.maximum(x_max, tl.max(tl.abs(x), axis=1))
-        row_scale = tl.exp2(14.0 - tl.ceil(tl.log2(tl.maximum(x_max, 1e-30))))  # 14 = FP16_SCALE_EXPONENT
+        return x_sq, tl.exp2(14.0 - tl.ceil(tl.log2(tl.maximum(x_max, 1e-30))))  # 14 = FP16_SCALE_EXPONENT
+
+    @triton.jit
+    def _block_products(
+        x_ptr, row_offsets, row_ok, row_scale, c_hi_ptr, c_lo_ptr, codes, code_ok,
+        DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr,
+    ):  # fmt: skip
+        """Pass 2, one codebook tile: scaled x . c on fp16 tensor cores (split into hi + lo parts if SPLIT)."""
+        dims = tl.arange(0, BLOCK_D)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for d in range(0, DIM, BLOCK_D):
+            dim_ok = d + dims < DIM
+            x = tl.load(
+                x_ptr + row_offsets[:, None] + d + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0
+            )
+            x = x * row_scale[:, None]
+            x_hi = x.to(tl.float16)
+            c_offsets = codes[:, None] * DIM + d + dims[None, :]
+            c_mask = code_ok[:, None] & dim_ok[None, :]
+            c_hi = tl.load(c_hi_ptr + c_offsets, mask=c_mask, other=0.0)
+            acc = tl.dot(x_hi, tl.trans(c_hi), acc)
+            if SPLIT:
+                x_lo = (x - x_hi.to(tl.float32)).to(tl.float16)
+                c_lo = tl.load(c_lo_ptr + c_offsets, mask=c_mask, other=0.0)
+                acc = tl.dot(x_lo, tl.trans(c_hi), acc)
+                acc = tl.dot(x_hi, tl.trans(c_lo), acc)
+        return acc
+
+    @triton.jit
+    def _merge_top2(best, second, best_idx, partial, start, BLOCK_K: tl.constexpr):
+        """The running best and second-best distances, merged with one tile's."""
+        block_best = tl.min(partial, axis=1)
+        block_idx = tl.argmin(partial, axis=1)
+        is_best = tl.arange(0, BLOCK_K)[None, :] == block_idx[:, None]
+        block_second = tl.min(tl.where(is_best, float("inf"), partial), axis=1)
+        second = tl.minimum(tl.maximum(best, block_best), tl.minimum(second, block_second))
+        better = block_best < best  # strict: the lowest index wins ties
+        return tl.minimum(best, block_best), second, tl.where(better, block_idx + start, best_idx)
+
+    @triton.jit
+    def _distance_to(
+        x_ptr, row_offsets, row_ok, c_ptr, idx, DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+    ):
+        """Pass 3: ||x - c_idx||^2 from the difference, in fp32."""
+        dims = tl.arange(0, BLOCK_D)
+        dist = tl.zeros((BLOCK_N,), tl.float32)
+        for d in range(0, DIM, BLOCK_D):
+            mask = row_ok[:, None] & (d + dims[None, :] < DIM)
+            x = tl.load(x_ptr + row_offsets[:, None] + d + dims[None, :], mask=mask, other=0.0)
+            c = tl.load(c_ptr + idx[:, None] * DIM + d + dims[None, :], mask=mask, other=0.0)
+            dist += tl.sum((x - c) * (x - c), axis=1)
+        return dist
+
+    @triton.jit
+    def _top2_kernel(
+        x_ptr, c_hi_ptr, c_lo_ptr, c_ptr, c_sq_ptr, out_idx_ptr, out_dist_ptr, out_doubt_ptr,
+        num_frames, stride_x, c_scale, margin, max_c_norm,
+        NUM_CODES: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr, SPLIT: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < num_frames
+        row_offsets = rows.to(tl.int64) * stride_x  # int64: rows x stride passes 2^31 at 2.8M frames of 768 dims
+        x_sq, row_scale = _frame_norms(x_ptr, row_offsets, row_ok, DIM, BLOCK_N, BLOCK_D)
         unscale = 1.0 / (row_scale * c_scale)
-        # Pass 2: distances block by block of the codebook, keeping the best two per frame.
         best = tl.full((BLOCK_N,), float("inf"), tl.float32)
         second = tl.full((BLOCK_N,), float("inf"), tl.float32)
         best_idx = tl.zeros((BLOCK_N,), tl.int32)
         for start in range(0, NUM_CODES, BLOCK_K):
             codes = start + tl.arange(0, BLOCK_K)
             code_ok = codes < NUM_CODES
-            acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-            for d in range(0, DIM, BLOCK_D):
-                dim_ok = d + dims < DIM
-                x = tl.load(
-                    x_ptr + row_offsets[:, None] + d + dims[None, :],
-                    mask=row_ok[:, None] & dim_ok[None, :],
-                    other=0.0,
-                )
-                x = x * row_scale[:, None]
-                x_hi = x.to(tl.float16)
-                c_offsets = codes[:, None] * DIM + d + dims[None, :]
-                c_mask = code_ok[:, None] & dim_ok[None, :]
-                c_hi = tl.load(c_hi_ptr + c_offsets, mask=c_mask, other=0.0)
-                acc = tl.dot(x_hi, tl.trans(c_hi), acc)
-                if SPLIT:
-                    x_lo = (x - x_hi.to(tl.float32)).to(tl.float16)
-                    c_lo = tl.load(c_lo_ptr + c_offsets, mask=c_mask, other=0.0)
-                    acc = tl.dot(x_lo, tl.trans(c_hi), acc)
-                    acc = tl.dot(x_hi, tl.trans(c_lo), acc)
+            acc = _block_products(
+                x_ptr, row_offsets, row_ok, row_scale, c_hi_ptr, c_lo_ptr, codes, code_ok,
+                DIM, BLOCK_N, BLOCK_K, BLOCK_D, SPLIT,
+            )  # fmt: skip
             c_sq = tl.load(c_sq_ptr + codes, mask=code_ok, other=float("inf"))
             partial = c_sq[None, :] - 2.0 * acc * unscale[:, None]
-            block_best = tl.min(partial, axis=1)
-            block_idx = tl.argmin(partial, axis=1)
-            is_best = tl.arange(0, BLOCK_K)[None, :] == block_idx[:, None]
-            block_second = tl.min(tl.where(is_best, float("inf"), partial), axis=1)
-            second = tl.minimum(tl.maximum(best, block_best), tl.minimum(second, block_second))
-            better = block_best < best  # strict: the lowest index wins ties
-            best_idx = tl.where(better, block_idx + start, best_idx)
-            best = tl.minimum(best, block_best)
+            best, second, best_idx = _merge_top2(best, second, best_idx, partial, start, BLOCK_K)
         # Doubt: the two best are within the rounding's reach (or the frame is not finite).
         bound = margin * tl.sqrt(x_sq) * max_c_norm + 2.0**-20 * (max_c_norm * max_c_norm + x_sq)
         doubt = ~(second - best > bound)
-        # Pass 3: the distance to the chosen codeword, from the difference.
-        dist = tl.zeros((BLOCK_N,), tl.float32)
-        for d in range(0, DIM, BLOCK_D):
-            mask = row_ok[:, None] & (d + dims[None, :] < DIM)
-            x = tl.load(x_ptr + row_offsets[:, None] + d + dims[None, :], mask=mask, other=0.0)
-            c = tl.load(c_ptr + best_idx[:, None] * DIM + d + dims[None, :], mask=mask, other=0.0)
-            diff = x - c
-            dist += tl.sum(diff * diff, axis=1)
+        dist = _distance_to(x_ptr, row_offsets, row_ok, c_ptr, best_idx, DIM, BLOCK_N, BLOCK_D)
         tl.store(out_idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
         tl.store(out_dist_ptr + rows, dist, mask=row_ok)
         tl.store(out_doubt_ptr + rows, doubt.to(tl.int8), mask=row_ok)
