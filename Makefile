@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m speechvq.run hydra.run.dir=runs/demo output.overwrite=true
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto  # one worker per core (pytest-xdist)
 
 lint: $(STAMP)
 	$(BIN)/ruff check speechvq tests scripts

@@ -43,3 +43,19 @@ def dataset(tmp_path: Path) -> Path:
     root = tmp_path / "corpus"
     write_dataset(root)
     return root
+
+
+# Lines a test wants in the run's own output (e.g. the SLURM job ids it submitted): tests attach them with
+# record_property("report_line", ...); the controlling process prints them at the end, also under pytest-xdist,
+# whose workers' stdout is not shown.
+_REPORT_LINES: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _REPORT_LINES.extend(value for key, value in report.user_properties if key == "report_line")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _REPORT_LINES:
+        terminalreporter.write_line(line)

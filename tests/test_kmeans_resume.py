@@ -81,7 +81,7 @@ def _saved_restart(path) -> int:
 @pytest.mark.slow
 def test_sigkill_during_lloyd_then_rerun_gives_the_same_codebook_file(tmp_path):
     corpus = tmp_path / "corpus"
-    write_dataset(corpus, rates=(16000,) * 40, durations=[8.0] * 40)
+    write_dataset(corpus, rates=(16000,) * 20, durations=[8.0] * 20)
     config = RunConfig(data=DataConfig(path=str(corpus), alignments=None, num_workers=0),
                        codebook=CodebookConfig(codebook_size=256, n_init=3, max_iter=300, tol=0.0),
                        stages=["features", "train"], device="cpu")  # fmt: skip

@@ -44,7 +44,7 @@ SPECIAL = [
     ),
     (
         "experiment=encoder_demo",
-        "append: train_encoder.steps=20 train_encoder.checkpoint_every=10 train_encoder.validate_every=10",
+        "append: train_encoder.steps=6 train_encoder.checkpoint_every=3 train_encoder.validate_every=3",
     ),
 ]
 

@@ -56,7 +56,7 @@ def _speechvq(args, env, timeout=900):
     return done
 
 
-def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, capsys):
+def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, record_property):
     single = tmp_path / "single"
     config = RunConfig(
         data=DataConfig(path=str(dataset), alignments=None, num_workers=0),
@@ -88,8 +88,7 @@ def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, c
     )
     tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name and p.is_dir())
     assert len(tasks) == NUM_SHARDS, tasks  # one SLURM array task per shard: <array job id>_<task>
-    with capsys.disabled():
-        print(f"\n[test_slurm] SLURM job ids submitted: {', '.join(tasks)}")
+    record_property("report_line", f"[test_slurm] SLURM job ids submitted: {', '.join(tasks)}")
     for task in tasks:  # each ran inside its SLURM job (submitit reads the job id from SLURM's environment)
         log = (sweep / ".submitit" / task / f"{task}_0_log.out").read_text()
         assert f"JobEnvironment(job_id={task}," in log and "speechvq finished" in log, log[-500:]

@@ -127,7 +127,7 @@ def _cli(run_dir, dataset, steps):
 
 def test_killed_training_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(dataset, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    steps = 400
+    steps = 160  # killed at step >= 40: the rest takes seconds more, so the kill lands mid-run
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     process = subprocess.Popen(
         _cli(killed_dir, dataset, steps),
