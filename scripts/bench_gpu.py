@@ -154,18 +154,19 @@ def bench_fused_variants(device, n, dim, k):
             def run(p=precision, bn=block_n, bk=block_k, w=warps):
                 return fused_nearest(frames, centroids, block_n=bn, block_k=bk, precision=p, num_warps=w)[0]
 
-            try:
-                ms, labels = timed(run, device)
-            except Exception as exc:  # a configuration the compiler refuses is reported, not fatal
-                print(f"  fused {precision} {block_n}x{block_k} w{warps}: {type(exc).__name__}: {exc}"[:200])
-                continue
-            record(
-                f"fused N={n} D={dim} K={k}",
-                f"{precision} BLOCK_N={block_n} BLOCK_K={block_k} warps={warps}",
-                ms,
-                frames_per_s=n / ms * 1e3,
-                agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
-            )
+            label = f"{precision} BLOCK_N={block_n} BLOCK_K={block_k} warps={warps}"
+            time_variant(f"fused N={n} D={dim} K={k}", label, run, device, truth, n)
+
+
+def time_variant(section, label, run, device, truth, n):
+    """One kernel configuration: its time and agreement with float64, or the compiler's refusal (not fatal)."""
+    try:
+        ms, labels = timed(run, device)
+    except Exception as exc:
+        print(f"  {section} {label}: {type(exc).__name__}: {exc}"[:200])
+        return
+    agree = float((labels[: truth.numel()] == truth).double().mean())
+    record(section, label, ms, frames_per_s=n / ms * 1e3, agree_fp64=agree)
 
 
 def bench_fp16_variants(device, n, dim, k):
@@ -181,18 +182,8 @@ def bench_fp16_variants(device, n, dim, k):
         def run(bn=block_n, bk=block_k, bd=block_d, w=warps):
             return fused_nearest_fp16(frames, centroids, block_n=bn, block_k=bk, block_d=bd, num_warps=w)[0]
 
-        try:
-            ms, labels = timed(run, device)
-        except Exception as exc:  # a configuration the compiler refuses is reported, not fatal
-            print(f"  fp16 {block_n}x{block_k}x{block_d} w{warps}: {type(exc).__name__}: {exc}"[:200])
-            continue
-        record(
-            f"fused fp16 N={n} D={dim} K={k}",
-            f"BLOCK_N={block_n} BLOCK_K={block_k} BLOCK_D={block_d} warps={warps}",
-            ms,
-            frames_per_s=n / ms * 1e3,
-            agree_fp64=float((labels[: truth.numel()] == truth).double().mean()),
-        )
+        label = f"BLOCK_N={block_n} BLOCK_K={block_k} BLOCK_D={block_d} warps={warps}"
+        time_variant(f"fused fp16 N={n} D={dim} K={k}", label, run, device, truth, n)
 
 
 def bench_lloyd(device, n, dim, k, chunk):

@@ -70,11 +70,19 @@ def test_cuda_labels_equal_the_float64_argmin(dim, size, precision):
     assert (tf32[clear] != reference[clear]).any()
 
 
-def test_fused_triton_kernel_in_the_interpreter():
-    """The CUDA kernel, run by Triton's CPU interpreter: labels equal the exact (float64) argmin."""
+def run_in_triton_interpreter(code: str) -> None:
+    """Run code in a fresh Python with TRITON_INTERPRET=1 (Triton reads it at import); it must print "ok"."""
+    import os
     import subprocess
     import sys
 
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_fused_triton_kernel_in_the_interpreter():
+    """The CUDA kernel, run by Triton's CPU interpreter: labels equal the exact (float64) argmin."""
     code = (
         "import torch\n"
         "from speechvq.gpu_kernels import fused_nearest\n"
@@ -87,14 +95,7 @@ def test_fused_triton_kernel_in_the_interpreter():
         "    assert (dist.double() - ref.min(1).values).abs().max() < 1e-3\n"
         "print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    run_in_triton_interpreter(code)
 
 
 FP16_KERNEL_CHECK = """
@@ -133,17 +134,7 @@ print("ok")
 def test_fp16_kernel_and_segment_sums_in_the_interpreter():
     """The high-dimensional kernel (fp16 products, proven-bound re-rank) and the atomics-free cluster sums, run by
     Triton's CPU interpreter: labels equal the float64 argmin, also on near ties that fp16 alone gets wrong."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", FP16_KERNEL_CHECK],
-        env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    run_in_triton_interpreter(FP16_KERNEL_CHECK)
 
 
 def test_precision_argument_is_checked():
