@@ -2,12 +2,15 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from speechvq import pipeline
 from speechvq.codebook import kmeans
@@ -144,3 +147,45 @@ def test_evaluate_under_torchrun_equals_a_single_process(dataset, tmp_path):
     _numbers_close(got, expected)
     assert (tmp_path / "dist" / "report.html").exists()
     assert len(list((tmp_path / "dist" / "resynth").glob("*.wav"))) == 4  # rank 0's first 2 files, as one process
+
+
+def _resume_worker(out, checkpoint):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            str(REPO / "tests" / "distributed_resume_worker.py"), str(out), str(checkpoint)]  # fmt: skip
+
+
+def test_distributed_kmeans_killed_mid_way_resumes_to_the_same_codebook(tmp_path):
+    """torchrun k-means SIGKILLed after rank 0 has checkpointed some Lloyd iterations; the rerun resumes there (all
+    ranks from rank 0's state) and ends with exactly the centroids of an uninterrupted torchrun run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    clean = subprocess.run(_resume_worker(tmp_path / "clean.pt", tmp_path / "clean.ckpt"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    checkpoint = tmp_path / "killed.ckpt"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(_resume_worker(tmp_path / "killed.pt", checkpoint), cwd=REPO, env=env, **quiet,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and _iterations_saved(checkpoint) < 3:
+        time.sleep(0.005)
+    assert process.poll() is None, "k-means finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = _iterations_saved(checkpoint)
+    assert saved >= 3 and not (tmp_path / "killed.pt").exists()
+    rerun = subprocess.run(_resume_worker(tmp_path / "killed.pt", checkpoint), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    clean_result, resumed = torch.load(tmp_path / "clean.pt"), torch.load(tmp_path / "killed.pt")
+    assert resumed["resumed_after"] >= saved  # the state on disk, at least as far as seen before the kill
+    assert f"distributed k-means: resumed after {resumed['resumed_after']} iterations" in rerun.stderr
+    assert resumed["iterations"] == clean_result["iterations"] > resumed["resumed_after"]
+    assert torch.equal(resumed["centroids"], clean_result["centroids"])
+
+
+def _iterations_saved(path) -> int:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()["speechvq"])["iterations"]
+    except Exception:  # not written yet, or being replaced this instant
+        return -1

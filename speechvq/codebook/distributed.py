@@ -7,10 +7,14 @@ per-cluster sums (float64) and counts, so all ranks hold the same centroids, and
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 
-from .kmeans import KMeansResult, LocalFrames, kmeans_plusplus, lloyd, sample_sizes
+from .kmeans import Checkpointer, KMeansResult, KMeansState, LocalFrames, kmeans_plusplus, lloyd, sample_sizes
+
+log = logging.getLogger(__name__)
 
 
 def _all_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -27,8 +31,11 @@ def distributed_kmeans(
     max_iter: int = 100,
     tol: float = 1e-4,
     chunk_size: int | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> KMeansResult:
-    """Same seeding and iterations as speechvq.codebook.kmeans (n_init=1) on the ranks' frames in rank order."""
+    """Same seeding and iterations as speechvq.codebook.kmeans (n_init=1) on the ranks' frames in rank order.
+    checkpointer: rank 0 saves the state after Lloyd iterations and, on a rerun, every rank resumes from what
+    rank 0 loads (broadcast), so a killed job ends with the codebook an uninterrupted one makes."""
     device = local_frames.device
     local_frames = local_frames.to(torch.float32).contiguous()
     counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
@@ -38,17 +45,44 @@ def distributed_kmeans(
     if total < codebook_size:
         raise ValueError(f"need at least codebook_size={codebook_size} frames to train, got {total}")
     generator = torch.Generator().manual_seed(seed)  # identical on every rank: the same global permutation
+    resumed = _resumed_state(checkpointer, codebook_size, local_frames)
+    if resumed is not None:
+        centroids, history = resumed
+        log.info("distributed k-means: resumed after %d iterations", len(history))
+    else:
+        # The samples for seeding and the coarse Lloyd phase, assembled on every rank: each rank fills the rows it
+        # owns and an all-reduce of zeros elsewhere puts every row in place exactly.
+        seed_count, sample = sample_sizes(total, codebook_size)
+        order = torch.randperm(total, generator=generator)
+        gathered = _gather_rows(local_frames, order[: max(seed_count, sample if sample < total else 0)], offset)
+        centroids, history = kmeans_plusplus(gathered[:seed_count], codebook_size, generator=generator), []
+        if sample < total:
+            centroids = lloyd(gathered[:sample], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size).centroids
 
-    # The samples for seeding and the coarse Lloyd phase, assembled on every rank: each rank fills the rows it
-    # owns and an all-reduce of zeros elsewhere puts every row in place exactly.
-    seed_count, sample = sample_sizes(total, codebook_size)
-    order = torch.randperm(total, generator=generator)
-    gathered = _gather_rows(local_frames, order[: max(seed_count, sample if sample < total else 0)], offset)
-    centroids = kmeans_plusplus(gathered[:seed_count], codebook_size, generator=generator)
-    if sample < total:
-        centroids = lloyd(gathered[:sample], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size).centroids
+    def offer(centroids, so_far):  # the state is the same on every rank; rank 0 writes it
+        if dist.get_rank() == 0:
+            checkpointer.save(KMeansState(0, centroids, list(so_far), generator.get_state(), None))
 
-    return lloyd(local_frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, frames_of=AllRanks())
+    return lloyd(local_frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, frames_of=AllRanks(),
+                 history=history, on_iteration=offer if checkpointer else None)  # fmt: skip
+
+
+def _resumed_state(checkpointer, codebook_size: int, local_frames: torch.Tensor):
+    """(centroids, history) of the state rank 0 loads, broadcast to every rank; None when there is none."""
+    if checkpointer is None:
+        return None
+    device, dim = local_frames.device, local_frames.shape[1]
+    state = checkpointer.load() if dist.get_rank() == 0 else None
+    ok = state is not None and tuple(state.centroids.shape) == (codebook_size, dim)
+    length = torch.tensor([len(state.history) if ok else -1], device=device)
+    dist.broadcast(length, src=0)
+    if int(length) < 0:
+        return None
+    centroids = state.centroids.to(device, torch.float32) if ok else torch.empty(codebook_size, dim, device=device)
+    history = torch.tensor(state.history if ok else [0.0] * int(length), dtype=torch.float64, device=device)
+    dist.broadcast(centroids, src=0)
+    dist.broadcast(history, src=0)
+    return centroids, history.tolist()
 
 
 class AllRanks(LocalFrames):

@@ -81,10 +81,10 @@ def train_codebook(
 
 
 def _fit(frames, codebook: CodebookConfig, seed: int, device, per_rank: bool, checkpoint) -> KMeansResult:
-    """One stream's k-means; resumable mid-way through `checkpoint` (not yet under torchrun)."""
+    """One stream's k-means; resumable mid-way through `checkpoint` (under torchrun too: rank 0 writes it)."""
     frames = frames.contiguous()
     if distributed():
-        return _train_distributed(frames, codebook, seed, device, per_rank)
+        return _train_distributed(frames, codebook, seed, device, per_rank, checkpoint)
     c = codebook
     return kmeans(
         frames.to(device), c.codebook_size, generator=torch.Generator(device=device).manual_seed(seed),
@@ -150,7 +150,7 @@ def _save(fit: KMeansResult, store, mean, std, take, codebook: CodebookConfig, s
     return TrainedCodebook(trained.fingerprint, fit.inertia, fit.num_iterations)
 
 
-def _train_distributed(frames: torch.Tensor, codebook: CodebookConfig, seed: int, device, per_rank: bool):
+def _train_distributed(frames: torch.Tensor, codebook: CodebookConfig, seed: int, device, per_rank: bool, checkpoint):
     """Under torchrun: rank r clusters its block of the sampled training frames (fairseq's sharding rule),
     all-reducing sums and counts; the codebook equals the single-process one up to float rounding."""
     from ..codebook.distributed import distributed_kmeans
@@ -169,4 +169,5 @@ def _train_distributed(frames: torch.Tensor, codebook: CodebookConfig, seed: int
         max_iter=codebook.max_iter,
         tol=codebook.tol,
         chunk_size=codebook.chunk_size,
+        checkpointer=checkpoint,
     )
