@@ -137,6 +137,31 @@ def test_fp16_kernel_and_segment_sums_in_the_interpreter():
     run_in_triton_interpreter(FP16_KERNEL_CHECK)
 
 
+def test_tiles_shrink_when_the_card_refuses_their_shared_memory():
+    """A tile the GPU cannot hold (seen on an H200 at D=64 K=500) is retried smaller: codebook tile first, then
+    frame tile; at the smallest tiles the refusal is raised, not hidden."""
+    from triton.runtime.errors import OutOfResources
+
+    from speechvq.gpu_kernels import _launch_shrinking
+
+    tried = []
+
+    def launch(block_n, block_k):
+        tried.append((block_n, block_k))
+        if block_n * block_k > 64 * 32:
+            raise OutOfResources(262144, 232448, "shared memory")
+        return "launched"
+
+    assert _launch_shrinking(launch, 256, 128) == "launched"
+    assert tried == [(256, 128), (256, 64), (256, 32), (256, 16), (128, 16)]
+
+    def never(block_n, block_k):
+        raise OutOfResources(1, 0, "shared memory")
+
+    with pytest.raises(OutOfResources):
+        _launch_shrinking(never, 32, 32)
+
+
 def test_precision_argument_is_checked():
     with pytest.raises(ValueError, match="precision"):
         nearest_codewords(torch.zeros(2, 3), torch.zeros(2, 3), precision="half")
