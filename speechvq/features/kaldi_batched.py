@@ -39,13 +39,24 @@ def frame_counts(lengths: list[int], window: int, hop: int) -> list[int]:
     return [0 if n < window else 1 + (n - window) // hop for n in lengths]
 
 
-def log_mel(frames: torch.Tensor, sample_rate: int, num_mel_bins: int) -> torch.Tensor:
-    """(frames, window) raw samples -> Kaldi log-mel energies (frames, num_mel_bins).
+def log_mel(frames: torch.Tensor | list[torch.Tensor], sample_rate: int, num_mel_bins: int) -> torch.Tensor:
+    """(frames, window) raw samples -> Kaldi log-mel energies (frames, num_mel_bins). frames may be a list of
+    pieces (e.g. unfold views of several files): they are stacked by the first step, with no copy before it.
 
     The per-frame steps keep torchaudio's order of operations (float32 frame mean, then pre-emphasis with the
     first sample repeated), which keeps the result within float32 rounding of the per-utterance path."""
-    padded, povey, banks_t, _, _ = _constants(sample_rate, frames.shape[1], num_mel_bins, 0, frames.device)
-    centred = frames - frames.mean(dim=1, keepdim=True)
+    pieces = frames if isinstance(frames, list) else [frames]
+    window, device = pieces[0].shape[1], pieces[0].device
+    padded, povey, banks_t, _, _ = _constants(sample_rate, window, num_mel_bins, 0, device)
+    if len(pieces) == 1 or device.type == "cuda":  # on CUDA one launch over the stacked batch beats one per piece
+        stacked = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        centred = stacked - stacked.mean(dim=1, keepdim=True)
+    else:  # on the CPU DC removal writes each piece into the batch: stacking costs no extra pass over memory
+        centred = torch.empty(sum(p.shape[0] for p in pieces), window, device=device)
+        start = 0
+        for piece in pieces:
+            torch.sub(piece, piece.mean(dim=1, keepdim=True), out=centred[start : start + piece.shape[0]])
+            start += piece.shape[0]
     emphasized = torch.empty_like(centred)
     emphasized[:, 1:] = centred[:, 1:] - PREEMPHASIS * centred[:, :-1]
     emphasized[:, 0] = centred[:, 0] - PREEMPHASIS * centred[:, 0]
@@ -54,9 +65,10 @@ def log_mel(frames: torch.Tensor, sample_rate: int, num_mel_bins: int) -> torch.
     return (power @ banks_t).clamp_(min=torch.finfo(torch.float32).eps).log_()
 
 
-def mfcc(frames: torch.Tensor, sample_rate: int, num_mel_bins: int, num_ceps: int) -> torch.Tensor:
-    """(frames, window) raw samples -> Kaldi MFCC without energy (frames, num_ceps)."""
-    _, _, _, dct, lifter = _constants(sample_rate, frames.shape[1], num_mel_bins, num_ceps, frames.device)
+def mfcc(frames: torch.Tensor | list[torch.Tensor], sample_rate: int, num_mel_bins: int, num_ceps: int) -> torch.Tensor:
+    """(frames, window) raw samples (or a list of pieces) -> Kaldi MFCC without energy (frames, num_ceps)."""
+    first = frames[0] if isinstance(frames, list) else frames
+    _, _, _, dct, lifter = _constants(sample_rate, first.shape[-1], num_mel_bins, num_ceps, first.device)
     return (log_mel(frames, sample_rate, num_mel_bins) @ dct).mul_(lifter)
 
 

@@ -77,8 +77,8 @@ class _KaldiBatched(_FrameExtractor):
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         return self.extract_batch([samples])[0]
 
-    def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
-        """(total_frames, window) stacked analysis windows -> (total_frames, static_dim)."""
+    def _static_batch(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """Pieces of (frames, window) analysis windows, stacked -> (total_frames, static_dim)."""
         raise NotImplementedError
 
     # Frames per pass of the static features. On the CPU, slices that fit in cache make the elementwise steps
@@ -107,10 +107,10 @@ class _KaldiBatched(_FrameExtractor):
                 pending.append(piece)
                 pending_frames += piece.shape[0]
                 if pending_frames >= per_pass:
-                    statics.append(self._static_batch(torch.cat(pending)))
+                    statics.append(self._static_batch(pending))
                     pending, pending_frames = [], 0
         if pending:
-            statics.append(self._static_batch(torch.cat(pending)))
+            statics.append(self._static_batch(pending))
         frames = torch.cat(statics) if len(statics) > 1 else statics[0]
         if self.deltas and frames.shape[0]:
             first = kaldi_batched.deltas(frames, counts)
@@ -128,7 +128,7 @@ class KaldiMFCCExtractor(_KaldiBatched):
         _check_cepstra(config)
         super().__init__(config, config.num_ceps, config.deltas)
 
-    def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
+    def _static_batch(self, frames: list[torch.Tensor]) -> torch.Tensor:
         return kaldi_batched.mfcc(frames, self.config.sample_rate, self.config.num_mel_bins, self.config.num_ceps)
 
 
@@ -138,7 +138,7 @@ class FbankExtractor(_KaldiBatched):
     def __init__(self, config: FeatureConfig):
         super().__init__(config, config.num_mel_bins, deltas=False)
 
-    def _static_batch(self, frames: torch.Tensor) -> torch.Tensor:
+    def _static_batch(self, frames: list[torch.Tensor]) -> torch.Tensor:
         return kaldi_batched.log_mel(frames, self.config.sample_rate, self.config.num_mel_bins)
 
 
