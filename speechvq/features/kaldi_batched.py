@@ -41,27 +41,29 @@ def frame_counts(lengths: list[int], window: int, hop: int) -> list[int]:
 
 def log_mel(frames: torch.Tensor | list[torch.Tensor], sample_rate: int, num_mel_bins: int) -> torch.Tensor:
     """(frames, window) raw samples -> Kaldi log-mel energies (frames, num_mel_bins). frames may be a list of
-    pieces (e.g. unfold views of several files): they are stacked by the first step, with no copy before it.
+    pieces (e.g. unfold views of several files): each step writes into one zero-padded (frames, 512) buffer, so
+    neither the stacking nor the FFT's padding costs a pass of its own.
 
     The per-frame steps keep torchaudio's order of operations (float32 frame mean, then pre-emphasis with the
     first sample repeated), which keeps the result within float32 rounding of the per-utterance path."""
     pieces = frames if isinstance(frames, list) else [frames]
     window, device = pieces[0].shape[1], pieces[0].device
     padded, povey, banks_t, _, _ = _constants(sample_rate, window, num_mel_bins, 0, device)
-    if len(pieces) == 1 or device.type == "cuda":  # on CUDA one launch over the stacked batch beats one per piece
-        stacked = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        centred = stacked - stacked.mean(dim=1, keepdim=True)
-    else:  # on the CPU DC removal writes each piece into the batch: stacking costs no extra pass over memory
-        centred = torch.empty(sum(p.shape[0] for p in pieces), window, device=device)
-        start = 0
-        for piece in pieces:
-            torch.sub(piece, piece.mean(dim=1, keepdim=True), out=centred[start : start + piece.shape[0]])
-            start += piece.shape[0]
-    emphasized = torch.empty_like(centred)
-    emphasized[:, 1:] = centred[:, 1:] - PREEMPHASIS * centred[:, :-1]
-    emphasized[:, 0] = centred[:, 0] - PREEMPHASIS * centred[:, 0]
-    spectrum = torch.fft.rfft(emphasized.mul_(povey), n=padded)
-    power = spectrum.real.square_() + spectrum.imag.square_()
+    total = sum(p.shape[0] for p in pieces)
+    centred = torch.empty(total, window, device=device)
+    start = 0
+    for piece in pieces:  # DC removal writes each piece into the batch
+        torch.sub(piece, piece.mean(dim=1, keepdim=True), out=centred[start : start + piece.shape[0]])
+        start += piece.shape[0]
+    buffer = torch.empty(total, padded, device=device)
+    buffer[:, window:] = 0.0  # the FFT's zero padding
+    emphasized = buffer[:, :window]
+    # Multiply, then subtract (sub's alpha would fuse them and round differently from torchaudio).
+    torch.sub(centred[:, 1:], PREEMPHASIS * centred[:, :-1], out=emphasized[:, 1:])
+    torch.sub(centred[:, 0], PREEMPHASIS * centred[:, 0], out=emphasized[:, 0])
+    emphasized.mul_(povey)
+    spectrum = torch.view_as_real(torch.fft.rfft(buffer)).square_()  # (frames, bins, 2)
+    power = spectrum[..., 0] + spectrum[..., 1]  # not .sum(-1): a reduction over 2 elements is 10x slower
     return (power @ banks_t).clamp_(min=torch.finfo(torch.float32).eps).log_()
 
 
