@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +64,49 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     for line in _REPORT_LINES:
         terminalreporter.write_line(line)
+
+
+def kill_when(command: list[str], ready, *, env: dict, timeout: float = 300) -> None:
+    """Start command in its own process group and SIGKILL the whole group as soon as ready() holds. The process
+    must still be running then, or the test would not have interrupted anything."""
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.005)
+    assert process.poll() is None, f"{' '.join(command[-3:])} finished before it could be killed"
+    # torchrun starts its workers in sessions of their own: kill every descendant, not only the process group,
+    # as a node failure or a SLURM cancel would.
+    for pid in [*_descendants(process.pid), process.pid]:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kmeans_checkpoint_meta(path: Path) -> dict:
+    """The JSON header of a k-means checkpoint file; {} while it is not written yet (or being replaced)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()["speechvq"])
+    except Exception:
+        return {}

@@ -2,15 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from conftest import kill_when, kmeans_checkpoint_meta
 
 from speechvq import pipeline
 from speechvq.codebook import kmeans
@@ -162,16 +160,9 @@ def test_distributed_kmeans_killed_mid_way_resumes_to_the_same_codebook(tmp_path
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert clean.returncode == 0, clean.stderr[-3000:]
     checkpoint = tmp_path / "killed.ckpt"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(_resume_worker(tmp_path / "killed.pt", checkpoint), cwd=REPO, env=env, **quiet,
-                               start_new_session=True)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None and _iterations_saved(checkpoint) < 3:
-        time.sleep(0.005)
-    assert process.poll() is None, "k-means finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    saved = _iterations_saved(checkpoint)
+    command = _resume_worker(tmp_path / "killed.pt", checkpoint)
+    kill_when(command, lambda: kmeans_checkpoint_meta(checkpoint).get("iterations", -1) >= 3, env=env, timeout=120)
+    saved = kmeans_checkpoint_meta(checkpoint)["iterations"]
     assert saved >= 3 and not (tmp_path / "killed.pt").exists()
     rerun = subprocess.run(_resume_worker(tmp_path / "killed.pt", checkpoint), cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -181,11 +172,3 @@ def test_distributed_kmeans_killed_mid_way_resumes_to_the_same_codebook(tmp_path
     assert f"distributed k-means: resumed after {resumed['resumed_after']} iterations" in rerun.stderr
     assert resumed["iterations"] == clean_result["iterations"] > resumed["resumed_after"]
     assert torch.equal(resumed["centroids"], clean_result["centroids"])
-
-
-def _iterations_saved(path) -> int:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return json.loads(handle.metadata()["speechvq"])["iterations"]
-    except Exception:  # not written yet, or being replaced this instant
-        return -1

@@ -3,17 +3,13 @@ during Lloyd iterations, to a codebook file byte-identical to an uninterrupted r
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO, write_dataset
-from safetensors import safe_open
+from conftest import REPO, kill_when, kmeans_checkpoint_meta, write_dataset
 
 from speechvq import pipeline
 from speechvq.codebook import kmeans
@@ -71,11 +67,7 @@ def _train_command(run_dir):
 
 
 def _saved_restart(path) -> int:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return json.loads(handle.metadata()["speechvq"])["restart"]
-    except Exception:  # not written yet, or being replaced this instant
-        return -1
+    return kmeans_checkpoint_meta(path).get("restart", -1)
 
 
 @pytest.mark.slow
@@ -91,14 +83,7 @@ def test_sigkill_during_lloyd_then_rerun_gives_the_same_codebook_file(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [*_train_command(tmp_path / "killed"), f"data.path={corpus}"]
     checkpoint = tmp_path / "killed" / ".speechvq" / "kmeans0.safetensors"
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and _saved_restart(checkpoint) < 1:
-        time.sleep(0.005)
-    assert process.poll() is None, "the train stage finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
+    kill_when(command, lambda: _saved_restart(checkpoint) >= 1, env=env)
     assert _saved_restart(checkpoint) >= 1 and not (tmp_path / "killed" / "codebook.safetensors").exists()
     final = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
