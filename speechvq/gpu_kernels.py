@@ -7,6 +7,7 @@ Runs on CUDA; with TRITON_INTERPRET=1 the same kernel runs on the CPU (that is h
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -295,7 +296,7 @@ class Fp16Codebook:
     def __init__(self, centroids: torch.Tensor):
         c = centroids.contiguous().float()
         largest = float(c.abs().max()) if c.numel() else 1.0
-        self.scale = 2.0 ** (FP16_SCALE_EXPONENT - torch.tensor(max(largest, 1e-30)).log2().ceil().item())
+        self.scale = 2.0 ** (FP16_SCALE_EXPONENT - math.ceil(math.log2(max(largest, 1e-30))))
         scaled = c * self.scale
         self.hi = scaled.half().contiguous()
         self.lo = (scaled - self.hi.float()).half().contiguous()

@@ -49,19 +49,21 @@ def log_mel(frames: torch.Tensor | list[torch.Tensor], sample_rate: int, num_mel
     pieces = frames if isinstance(frames, list) else [frames]
     window, device = pieces[0].shape[1], pieces[0].device
     padded, povey, banks_t, _, _ = _constants(sample_rate, window, num_mel_bins, 0, device)
-    total = sum(p.shape[0] for p in pieces)
-    centred = torch.empty(total, window, device=device)
+    if len(pieces) > 1 and device.type == "cuda":  # on CUDA one launch over the stacked batch beats one per piece
+        pieces = [torch.cat(pieces)]
+    buffer = torch.empty(sum(p.shape[0] for p in pieces), padded, device=device)
+    buffer[:, window:] = 0.0  # the FFT's zero padding
+    centred = buffer[:, :window]
     start = 0
     for piece in pieces:  # DC removal writes each piece into the batch
         torch.sub(piece, piece.mean(dim=1, keepdim=True), out=centred[start : start + piece.shape[0]])
         start += piece.shape[0]
-    buffer = torch.empty(total, padded, device=device)
-    buffer[:, window:] = 0.0  # the FFT's zero padding
-    emphasized = buffer[:, :window]
-    # Multiply, then subtract (sub's alpha would fuse them and round differently from torchaudio).
-    torch.sub(centred[:, 1:], PREEMPHASIS * centred[:, :-1], out=emphasized[:, 1:])
-    torch.sub(centred[:, 0], PREEMPHASIS * centred[:, 0], out=emphasized[:, 0])
-    emphasized.mul_(povey)
+    # Pre-emphasis in place: the shifted term is taken first; multiply, then subtract (sub's alpha would fuse them
+    # and round differently from torchaudio); the first sample is its own predecessor.
+    shifted = PREEMPHASIS * centred[:, :-1]
+    centred[:, 1:] -= shifted
+    centred[:, 0] -= shifted[:, 0]
+    centred.mul_(povey)
     spectrum = torch.view_as_real(torch.fft.rfft(buffer)).square_()  # (frames, bins, 2)
     power = spectrum[..., 0] + spectrum[..., 1]  # not .sum(-1): a reduction over 2 elements is 10x slower
     return (power @ banks_t).clamp_(min=torch.finfo(torch.float32).eps).log_()
