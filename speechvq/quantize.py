@@ -1,5 +1,6 @@
-"""Nearest-codeword search: distances as one GEMM per chunk of frames (never a per-frame loop), or on CUDA
-for small dimensions a fused Triton kernel that never writes the distance matrix.
+"""Nearest-codeword search: distances as one GEMM per chunk of frames (never a per-frame loop), with the argmin
+on the CPU in a vectorized numba sweep (cpu_kernels), or on CUDA for small dimensions a fused Triton kernel that
+never writes the distance matrix.
 
 precision="exact" (default) is fp32 throughout; "tf32" (CUDA) is a plain TF32 GEMM + argmin. precision="fast"
 (CUDA, large dims) is gpu_kernels.fused_nearest_fp16: fp16 tensor-core products with a running top-2 in
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import gpu_kernels
+from . import cpu_kernels, gpu_kernels
 
 FUSED_MAX_DIM = 64  # above this the GEMM path wins (the fused kernel keeps a whole frame in registers)
 PRECISIONS = ("exact", "fast", "tf32")
@@ -65,6 +66,8 @@ def nearest_codewords(
         return _tf32_top2_rerank(frames, centroids, chunk_size)
     if precision == "tf32" and frames.is_cuda:
         return _gemm_nearest(frames, centroids, chunk_size, tf32=True, frames_sq=frames_sq)
+    if frames.device.type == "cpu":
+        return cpu_kernels.nearest_cpu(frames, centroids, chunk_size, frames_sq)
     return _gemm_nearest(frames, centroids, chunk_size, frames_sq=frames_sq)
 
 

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from .. import gpu_kernels
+from .. import cpu_kernels, gpu_kernels
 from ..quantize import check_chunk_size, check_precision, nearest_codewords
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def kmeans_plusplus(frames: torch.Tensor, codebook_size: int, *, generator: torc
     of 2 + log(k) candidates drawn with probability proportional to the squared distance to the chosen ones."""
     num_frames = frames.shape[0]
     num_trials = 2 + int(math.log(codebook_size))
-    frames_sq = frames.square().sum(dim=1)
+    frames_sq = _row_sq_norms(frames)
     first = torch.randint(num_frames, (1,), generator=generator, device=generator.device).to(frames.device)
     chosen = [first]
     closest = _sq_dist_to(frames, frames_sq, frames[first]).squeeze(1)  # (num_frames,)
@@ -200,7 +200,7 @@ def lloyd(
     converged = False
     # Training tolerates a rare near-tie flip: plain TF32 is 2x the exact-label fp16 kernel at D=768 (H200).
     assign = "tf32" if precision == "fast" else "exact"
-    frames_sq = frames.square().sum(dim=1)  # once, not once per iteration
+    frames_sq = _row_sq_norms(frames)  # once, not once per iteration
     labels, sq_dists = nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
     bar = tqdm(total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False)
     for _ in range(max_iter - len(history)):
@@ -240,18 +240,20 @@ def _update(frames, labels, sq_dists, codebook_size, precision, frames_of: Local
 
 
 def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Per-cluster sums, accumulated in float64 across chunks. index_add_ is deterministic on the CPU; on
-    CUDA it uses atomics, so there the sums are a one-hot GEMM per chunk, which is deterministic."""
+    """Per-cluster sums in float64, deterministic: on the CPU added in frame order (cpu_kernels); on CUDA,
+    where index_add_ uses atomics, a one-hot GEMM per chunk accumulated in float64 across chunks."""
+    if frames.device.type == "cpu":
+        return cpu_kernels.cluster_sums(frames, labels, codebook_size)
     sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64, device=frames.device)
     chunk = 65536
     for start in range(0, frames.shape[0], chunk):
         rows, row_labels = frames[start : start + chunk], labels[start : start + chunk]
-        if frames.device.type == "cpu":
-            part = torch.zeros(codebook_size, frames.shape[1], dtype=frames.dtype).index_add_(0, row_labels, rows)
-        else:
-            part = torch.nn.functional.one_hot(row_labels, codebook_size).to(frames.dtype).T @ rows
-        sums += part.to(torch.float64)
+        sums += (torch.nn.functional.one_hot(row_labels, codebook_size).to(frames.dtype).T @ rows).to(torch.float64)
     return sums
+
+
+def _row_sq_norms(frames: torch.Tensor) -> torch.Tensor:
+    return cpu_kernels.row_sq_norms(frames) if frames.device.type == "cpu" else frames.square().sum(dim=1)
 
 
 def _sq_dist_to(frames: torch.Tensor, frames_sq: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

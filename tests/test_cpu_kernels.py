@@ -1,0 +1,53 @@
+"""The CPU kernels behind nearest_codewords and Lloyd (speechvq.cpu_kernels), against plain torch."""
+
+import pytest
+import torch
+
+from speechvq import cpu_kernels
+
+
+@pytest.mark.parametrize("codebook_size", [1, 2, 3, 4, 5, 7, 8, 9, 100])  # every remainder of the 4-row sweep
+def test_nearest_equals_torch_argmin_with_ties_to_the_first(codebook_size):
+    """Small integer coordinates make many exact ties; torch.argmin keeps the first, and so must the kernel
+    (a `<=` in the sweep, or a skipped row in the remainder loop, fails here)."""
+    g = torch.Generator().manual_seed(codebook_size)
+    frames = torch.randint(-2, 3, (5000, 3), generator=g).float()
+    centroids = torch.randint(-2, 3, (codebook_size, 3), generator=g).float()
+    centroids = torch.cat([centroids, centroids])  # every codeword twice: the second copy must never win
+    labels, sq = cpu_kernels.nearest_cpu(frames, centroids, chunk_size=777)
+    reference = (frames.double()[:, None] - centroids.double()[None]).square().sum(dim=2)
+    assert torch.equal(labels, reference.argmin(dim=1))
+    assert labels.max() < codebook_size
+    assert torch.equal(sq.double(), reference.min(dim=1).values)  # integers: exact in fp32
+
+
+def test_squared_distances_are_never_negative():
+    """Frames equal to a codeword, with large norms: the expansion's rounding can go below zero; it is clamped."""
+    g = torch.Generator().manual_seed(0)
+    centroids = 1000 + torch.randn(50, 64, generator=g)
+    labels, sq = cpu_kernels.nearest_cpu(centroids.repeat(3, 1), centroids, chunk_size=64)
+    assert torch.equal(labels, torch.arange(50).repeat(3))
+    assert (sq >= 0).all()  # without the clamp, some are negative here
+    assert sq.max() < 1e-5 * centroids.square().sum(dim=1).max()  # fp32 rounding of ||x||^2 ~ 6e7, no more
+
+
+def test_given_frame_norms_are_used():
+    g = torch.Generator().manual_seed(1)
+    frames, centroids = torch.randn(300, 8, generator=g), torch.randn(10, 8, generator=g)
+    _, sq = cpu_kernels.nearest_cpu(frames, centroids, 128)
+    _, shifted = cpu_kernels.nearest_cpu(frames, centroids, 128, frames_sq=cpu_kernels.row_sq_norms(frames) + 5.0)
+    torch.testing.assert_close(shifted, sq + 5.0)
+
+
+def test_row_norms_and_cluster_sums_equal_float64_torch():
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(20_000, 39, generator=g) * 10
+    torch.testing.assert_close(
+        cpu_kernels.row_sq_norms(frames).double(), frames.double().square().sum(dim=1), rtol=1e-5, atol=0
+    )
+    labels = torch.randint(0, 50, (20_000,), generator=g)
+    labels[labels == 7] = 8  # cluster 7 is empty: its sum must stay zero
+    expected = torch.zeros(50, 39, dtype=torch.float64).index_add_(0, labels, frames.double())
+    sums = cpu_kernels.cluster_sums(frames, labels, 50)
+    assert sums.dtype == torch.float64 and not sums[7].any()
+    torch.testing.assert_close(sums, expected, rtol=1e-12, atol=1e-9)
