@@ -2,6 +2,7 @@
 
   features    mfcc_hubert batched  vs  fairseq recipe (kaldi.mfcc + compute_deltas per utterance)  vs  librosa
   k-means     speechvq  vs  MiniBatchKMeans (fairseq settings)  vs  faiss.Kmeans at the same iteration count
+  Lloyd       speechvq  vs  faiss.Kmeans, the same iterations from the same start centroids
   assignment  speechvq  vs  fairseq ApplyKmeans (numpy)  vs  faiss.IndexFlatL2
   end to end  decode -> mfcc_hubert -> units, real-time factor and peak RSS; RSS at 1,000 vs 10,000 files
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import speechlike  # noqa: E402  the same synthetic speech the tests use
 
 from speechvq.codebook import kmeans  # noqa: E402
+from speechvq.codebook.kmeans import lloyd  # noqa: E402
 from speechvq.config import FeatureConfig  # noqa: E402
 from speechvq.features import build_extractor  # noqa: E402
 from speechvq.quantize import nearest_codewords  # noqa: E402
@@ -241,6 +243,33 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
         )
 
 
+def bench_lloyd(frames: torch.Tensor, k: int, label: str, iterations: int = 10) -> None:
+    """Equal iterations from the same start: Lloyd alone, without speechvq's k-means++ seeding and coarse phase
+    (which the whole-fit rows above include and faiss' random start does not)."""
+    import faiss
+
+    section = f"Lloyd {label}"
+    start = frames[torch.randperm(frames.shape[0], generator=torch.Generator().manual_seed(3))[:k]].clone()
+    x = np.ascontiguousarray(frames.numpy())
+
+    def faiss_lloyd():
+        km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=1, max_points_per_centroid=x.shape[0] // k + 1)
+        km.train(x, init_centroids=start.numpy())
+        return km.centroids
+
+    methods = {
+        f"speechvq lloyd ({iterations} iterations)": lambda: (
+            lloyd(frames, start, max_iter=iterations, tol=-1.0).centroids
+        ),
+        f"faiss.Kmeans from the same start (niter={iterations})": faiss_lloyd,
+    }
+    results = interleaved(methods, repeats=3)
+    t_ours = results[next(iter(methods))][0]
+    for name, (median, low, high, centroids) in results.items():
+        extra = {} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}
+        record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)
+
+
 # ------------------------------------------------------------------ assignment
 
 
@@ -376,6 +405,8 @@ def main() -> None:
     if "kmeans" not in args.skip:
         bench_kmeans(mfcc, 100, "D=39 K=100", with_minibatch=True)
         bench_kmeans(hubert, 500 if not quick else 50, "D=768 K=500", with_minibatch=False)
+        bench_lloyd(mfcc, 100, "D=39 K=100")
+        bench_lloyd(hubert, 500 if not quick else 50, "D=768 K=500")
     if "assign" not in args.skip:
         bench_assignment(mfcc, 100, "D=39 K=100")
         bench_assignment(hubert, 500, "D=768 K=500")
