@@ -76,22 +76,23 @@ def mfcc(frames: torch.Tensor | list[torch.Tensor], sample_rate: int, num_mel_bi
     return (log_mel(frames, sample_rate, num_mel_bins) @ dct).mul_(lifter)
 
 
-def edge_clamped_neighbours(counts: list[int], offset: int, device: torch.device) -> torch.Tensor:
-    """For every stacked frame, the index of the frame `offset` away, clamped inside its own utterance."""
+def edge_clamped_neighbours(counts: list[int], width: int, device: torch.device) -> torch.Tensor:
+    """(frames, 2 * width + 1): for every stacked frame, the indices of the frames -width .. width away, clamped
+    inside its own utterance."""
     counts_t = torch.tensor(counts, device=device)
     starts = torch.cumsum(counts_t, 0) - counts_t
     first = torch.repeat_interleave(starts, counts_t)
-    last = first + torch.repeat_interleave(counts_t, counts_t) - 1
+    last = first + torch.repeat_interleave(counts_t - 1, counts_t)
     positions = torch.arange(int(counts_t.sum()), device=device)
-    return torch.minimum(torch.maximum(positions + offset, first), last)
+    offsets = torch.arange(-width, width + 1, device=device)
+    return torch.minimum(torch.maximum(positions[:, None] + offsets, first[:, None]), last[:, None])
 
 
 def deltas(features: torch.Tensor, counts: list[int], width: int = 2) -> torch.Tensor:
     """torchaudio.functional.compute_deltas (window 2 * width + 1, edges replicated) of stacked
     (frames, dim) features, each utterance replicating its own first and last frames."""
+    neighbours = edge_clamped_neighbours(counts, width, features.device)  # once, not once per offset
     out = torch.zeros_like(features)
     for n in range(1, width + 1):
-        ahead = features.index_select(0, edge_clamped_neighbours(counts, n, features.device))
-        behind = features.index_select(0, edge_clamped_neighbours(counts, -n, features.device))
-        out += n * (ahead - behind)
+        out += n * (features[neighbours[:, width + n]] - features[neighbours[:, width - n]])
     return out / (width * (width + 1) * (2 * width + 1) / 3)
