@@ -11,13 +11,16 @@ in scripts/bench_gpu.py."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
-from . import cpu_kernels, gpu_kernels
+from . import gpu_kernels
 
 FUSED_MAX_DIM = 64  # above this the GEMM path wins (the fused kernel keeps a whole frame in registers)
 PRECISIONS = ("exact", "fast", "tf32")
-CUDA_ONLY_PRECISIONS = ("fast", "tf32")  # TF32 exists on CUDA only; on the CPU they would silently mean exact
+CUDA_ONLY_PRECISIONS = ("fast", "tf32")
+CPU_KERNELS_MIN_DISTANCES = 1 << 29  # TF32 exists on CUDA only; on the CPU they would silently mean exact
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
@@ -66,9 +69,18 @@ def nearest_codewords(
         return _tf32_top2_rerank(frames, centroids, chunk_size)
     if precision == "tf32" and frames.is_cuda:
         return _gemm_nearest(frames, centroids, chunk_size, tf32=True, frames_sq=frames_sq)
-    if frames.device.type == "cpu":
+    if frames.device.type == "cpu" and _worth_cpu_kernels(frames.shape[0] * centroids.shape[0]):
+        from . import cpu_kernels
+
         return cpu_kernels.nearest_cpu(frames, centroids, chunk_size, frames_sq)
     return _gemm_nearest(frames, centroids, chunk_size, frames_sq=frames_sq)
+
+
+def _worth_cpu_kernels(distances: int) -> bool:
+    """The numba argmin (cpu_kernels) once it is loaded, or for a call big enough to pay its start-up (numba's
+    import and first call take about a second; ATen's indexed min spends that on ~5e8 distances). Both paths
+    take the same GEMM's distances and the first of equal ones, so they give the same labels."""
+    return "speechvq.cpu_kernels" in sys.modules or distances >= CPU_KERNELS_MIN_DISTANCES
 
 
 def _gemm_nearest(

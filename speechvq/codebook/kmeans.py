@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from .. import cpu_kernels, gpu_kernels
+from .. import gpu_kernels
 from ..quantize import check_chunk_size, check_precision, nearest_codewords
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,8 @@ def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int
     """Per-cluster sums in float64, deterministic: on the CPU added in frame order (cpu_kernels); on CUDA,
     where index_add_ uses atomics, a one-hot GEMM per chunk accumulated in float64 across chunks."""
     if frames.device.type == "cpu":
+        from .. import cpu_kernels  # lazily, as in quantize
+
         return cpu_kernels.cluster_sums(frames, labels, codebook_size)
     sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64, device=frames.device)
     chunk = 65536
@@ -253,7 +255,11 @@ def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int
 
 
 def _row_sq_norms(frames: torch.Tensor) -> torch.Tensor:
-    return cpu_kernels.row_sq_norms(frames) if frames.device.type == "cpu" else frames.square().sum(dim=1)
+    if frames.device.type != "cpu":
+        return frames.square().sum(dim=1)
+    from .. import cpu_kernels
+
+    return cpu_kernels.row_sq_norms(frames)
 
 
 def _sq_dist_to(frames: torch.Tensor, frames_sq: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
