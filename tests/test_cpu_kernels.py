@@ -54,13 +54,15 @@ def test_row_norms_and_cluster_sums_equal_float64_torch():
 
 
 @pytest.mark.parametrize("dim,size", [(39, 100), (768, 500), (5, 3)])
-def test_numba_and_torch_paths_give_the_same_labels_and_distances(dim, size):
+def test_numba_and_torch_paths_give_the_same_labels(dim, size):
     """nearest_codewords takes torch's path (ATen min) in a process that has not loaded numba, for small calls;
-    the units must not depend on which path a process took."""
+    the units must not depend on which path a process took (the distances only within float rounding: the frame
+    norms are summed in another order)."""
     from speechvq.quantize import _gemm_nearest
 
     g = torch.Generator().manual_seed(dim)
     frames, centroids = torch.randn(9000, dim, generator=g), torch.randn(size, dim, generator=g)
     torch_labels, torch_sq = _gemm_nearest(frames, centroids, 4096)
     labels, sq = cpu_kernels.nearest_cpu(frames, centroids, 4096)
-    assert torch.equal(labels, torch_labels) and torch.equal(sq, torch_sq)
+    assert torch.equal(labels, torch_labels)
+    torch.testing.assert_close(sq, torch_sq, rtol=1e-6, atol=1e-5)
