@@ -77,10 +77,18 @@ def nearest_codewords(
 
 
 def _worth_cpu_kernels(distances: int) -> bool:
-    """The numba argmin (cpu_kernels) once it is loaded, or for a call big enough to pay its start-up (numba's
-    import and first call take about a second; ATen's indexed min spends that on ~5e8 distances). Both paths
-    take the same GEMM's distances and the first of equal ones, so they give the same labels."""
-    return "speechvq.cpu_kernels" in sys.modules or distances >= CPU_KERNELS_MIN_DISTANCES
+    """The numba argmin (cpu_kernels) once it is loaded, or once this process's calls have asked for enough
+    distances to pay its start-up (numba's import and first call take about a second; ATen's indexed min spends
+    that on ~5e8 distances), so a short run never pays it and a long one does early. Both paths take the same
+    GEMM's distances and the first of equal ones, so switching mid-run does not change a label."""
+    global _distances_on_torch_path
+    if "speechvq.cpu_kernels" in sys.modules or _distances_on_torch_path + distances >= CPU_KERNELS_MIN_DISTANCES:
+        return True
+    _distances_on_torch_path += distances
+    return False
+
+
+_distances_on_torch_path = 0  # in this process, by ATen's argmin, before the numba kernels were worth loading
 
 
 def _gemm_nearest(

@@ -1,5 +1,8 @@
 """The CPU kernels behind nearest_codewords and Lloyd (speechvq.cpu_kernels), against plain torch."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -66,3 +69,22 @@ def test_numba_and_torch_paths_give_the_same_labels(dim, size):
     labels, sq = cpu_kernels.nearest_cpu(frames, centroids, 4096)
     assert torch.equal(labels, torch_labels)
     torch.testing.assert_close(sq, torch_sq, rtol=1e-6, atol=1e-5)
+
+
+def test_short_runs_stay_off_numba_and_long_ones_switch_without_changing_a_label():
+    """A fresh process: numba's start-up is paid only once the process has asked for enough distances."""
+    code = """
+import sys, torch
+from speechvq import quantize
+quantize.CPU_KERNELS_MIN_DISTANCES = 3 * 2000 * 50
+g = torch.Generator().manual_seed(0)
+frames, centroids = torch.randn(2000, 16, generator=g), torch.randn(50, 16, generator=g)
+labels = []
+for _ in range(3):
+    labels.append(quantize.nearest_codewords(frames, centroids)[0])
+    print("speechvq.cpu_kernels" in sys.modules)
+assert all(torch.equal(labels[0], other) for other in labels)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "True"]
