@@ -8,11 +8,11 @@ into SIMD compares and blends; four codeword rows per sweep cut the loads and st
 Strict `<` keeps the first of equal distances, as torch.argmin does. numba comes with librosa already.
 
 numba's import and first call cost about a second per process (LLVM starts, the cached machine code is loaded),
-so this module is imported lazily: by k-means, which makes many passes, and by nearest_codewords for calls big
-enough to pay for it (quantize.CPU_KERNELS_MIN_DISTANCES). Distances come from the same GEMM as torch's path
-(quantize._gemm_nearest) and ties go to the first codeword in both, so the labels do not depend on the path; the
-returned distances may differ in their last bits (the frame norms are summed in another order: torch's
-square().sum(dim=1) took 5x longer at D=768, a fifth of the whole search).
+so this module is imported lazily: by k-means, which makes many passes, and by nearest_codewords once a process has
+asked for enough distances to pay for it (quantize.CPU_KERNELS_MIN_DISTANCES). Distances come from the same
+products as torch's path (quantize._gemm_nearest: one GEMM in two layouts, bit-identical on MKL) and ties go to the
+first codeword in both, so the labels do not depend on the path; the returned distances may differ in their last
+bits (the frame norms are summed in another order: torch's square().sum(dim=1) took 5x longer at D=768).
 (A start-up in a background thread was tried: a DataLoader worker forked while it ran deadlocked.)"""
 
 from __future__ import annotations
@@ -90,14 +90,14 @@ def cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int)
     """Per-cluster sums (codebook_size, dim) float64 of float32 frames, added in frame order: deterministic, and
     one pass (ATen's index_add_ took 2.5x the whole argmin here)."""
     sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64)
-    _add_rows_by_label(frames.contiguous().numpy(), labels.contiguous().numpy(), sums.numpy())
+    _add_rows_by_label(frames.detach().contiguous().numpy(), labels.contiguous().numpy(), sums.numpy())
     return sums
 
 
 def row_sq_norms(frames: torch.Tensor) -> torch.Tensor:
     """Squared L2 norm of each row of a (num_frames, dim) float32 CPU tensor."""
     out = torch.empty(frames.shape[0], dtype=torch.float32)
-    _row_sq_norms(frames.contiguous().numpy(), out.numpy())
+    _row_sq_norms(frames.detach().contiguous().numpy(), out.numpy())
     return out
 
 
@@ -106,7 +106,7 @@ def nearest_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices int64, squared distances float32) of each frame's nearest centroid; fp32 GEMM distances.
     ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, and the argmin does not need ||x||^2, so it is added after."""
-    frames = frames.to(torch.float32).contiguous()
+    frames, centroids = frames.detach().to(torch.float32).contiguous(), centroids.detach()
     frames_sq = row_sq_norms(frames) if frames_sq is None else frames_sq.to(torch.float32).contiguous()
     centroid_sq = centroids.square().sum(dim=1, keepdim=True)
     num_frames = frames.shape[0]

@@ -19,8 +19,8 @@ from . import gpu_kernels
 
 FUSED_MAX_DIM = 64  # above this the GEMM path wins (the fused kernel keeps a whole frame in registers)
 PRECISIONS = ("exact", "fast", "tf32")
-CUDA_ONLY_PRECISIONS = ("fast", "tf32")
-CPU_KERNELS_MIN_DISTANCES = 1 << 29  # TF32 exists on CUDA only; on the CPU they would silently mean exact
+CUDA_ONLY_PRECISIONS = ("fast", "tf32")  # TF32 exists on CUDA only; on the CPU they would silently mean exact
+CPU_KERNELS_MIN_DISTANCES = 1 << 29  # see _worth_cpu_kernels
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
@@ -80,7 +80,8 @@ def _worth_cpu_kernels(distances: int) -> bool:
     """The numba argmin (cpu_kernels) once it is loaded, or once this process's calls have asked for enough
     distances to pay its start-up (numba's import and first call take about a second; ATen's indexed min spends
     that on ~5e8 distances), so a short run never pays it and a long one does early. Both paths take the same
-    GEMM's distances and the first of equal ones, so switching mid-run does not change a label."""
+    distances (one GEMM in two layouts, bit-identical on MKL) and the first of equal ones, so switching mid-run
+    does not change a label (tests/test_cpu_kernels.py)."""
     global _distances_on_torch_path
     if "speechvq.cpu_kernels" in sys.modules or _distances_on_torch_path + distances >= CPU_KERNELS_MIN_DISTANCES:
         return True

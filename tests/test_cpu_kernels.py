@@ -69,6 +69,8 @@ def test_numba_and_torch_paths_give_the_same_labels(dim, size):
     labels, sq = cpu_kernels.nearest_cpu(frames, centroids, 4096)
     assert torch.equal(labels, torch_labels)
     torch.testing.assert_close(sq, torch_sq, rtol=1e-6, atol=1e-5)
+    frames.requires_grad_(True)  # a training step's frames (the encoder's quantizer) go through numpy too
+    assert torch.equal(cpu_kernels.nearest_cpu(frames, centroids.requires_grad_(True), 4096)[0], labels)
 
 
 def test_short_runs_stay_off_numba_and_long_ones_switch_without_changing_a_label():
