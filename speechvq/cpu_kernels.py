@@ -22,7 +22,20 @@ import numpy as np
 import torch
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _compiled(**options):
+    """numba.njit with its on-disk cache where there is somewhere to write it (the package's __pycache__ or the
+    user's cache folder); a read-only install without a home compiles once per process instead of failing."""
+
+    def wrap(func):
+        try:
+            return numba.njit(nogil=True, boundscheck=False, cache=True, **options)(func)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, boundscheck=False, **options)(func)
+
+    return wrap
+
+
+@_compiled()
 def _running_argmin(dists, best, index):  # pragma: no cover - compiled; tested through nearest_cpu
     """dists (K, n) float32 C-contiguous; writes best (n,) float32, the smallest value of each column, and index
     (n,) int32, the first row that holds it."""
@@ -58,7 +71,7 @@ def _running_argmin(dists, best, index):  # pragma: no cover - compiled; tested 
         row += 1
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False)
+@_compiled()
 def _nearest_in_chunk(dists, frames_sq, sq_dists, indices, index32):  # pragma: no cover - compiled
     """The argmin of each column of dists (K, n) into indices (n,) int64, and its squared distance, the
     partial distance plus frames_sq and clamped at zero against rounding, into sq_dists (n,)."""
@@ -68,7 +81,7 @@ def _nearest_in_chunk(dists, frames_sq, sq_dists, indices, index32):  # pragma: 
         indices[col] = index32[col]
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "contract"})
+@_compiled(fastmath={"reassoc", "contract"})
 def _row_sq_norms(frames, out):  # pragma: no cover - compiled
     # Reassociation lets LLVM vectorize each row's sum: 5x torch's square().sum(dim=1) at D=768.
     for row in range(frames.shape[0]):
@@ -78,7 +91,7 @@ def _row_sq_norms(frames, out):  # pragma: no cover - compiled
         out[row] = total
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False)
+@_compiled()
 def _add_rows_by_label(frames, labels, sums):  # pragma: no cover - compiled
     for row in range(frames.shape[0]):
         target = sums[labels[row]]

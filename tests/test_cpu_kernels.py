@@ -90,3 +90,19 @@ assert all(torch.equal(labels[0], other) for other in labels)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "False", "True"]
+
+
+def test_kernels_work_where_numba_has_nowhere_to_cache():
+    """A read-only install without a home: numba finds no cache location; the kernels compile per process."""
+    code = """
+import numba.core.caching as caching
+caching.CacheImpl._locator_classes = []
+import torch
+from speechvq import cpu_kernels
+frames = torch.tensor([[0.0, 0.0], [10.0, 10.0], [9.0, 9.0]])
+labels, _ = cpu_kernels.nearest_cpu(frames, torch.tensor([[10.0, 10.0], [0.0, 0.0]]), 2)
+print(labels.tolist())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[1,", "0,", "0]"]
