@@ -97,6 +97,16 @@ def inertia(frames: torch.Tensor, centroids) -> float:
     return float(sq.double().sum())
 
 
+def record_codebooks(section: str, frames: torch.Tensor, results: dict) -> float:
+    """One row per method of an interleaved run that returns centroids (speechvq's first): time, range, inertia on
+    all frames, and each peer's time over speechvq's. Returns speechvq's median time."""
+    t_ours = next(iter(results.values()))[0]
+    for name, (median, low, high, centroids) in results.items():
+        extra = {} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}
+        record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)
+    return t_ours
+
+
 def exact_labels(frames: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Ground truth: float64 argmin, chunked."""
     out = []
@@ -214,11 +224,7 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
         f"faiss.Kmeans, all points (niter={fit.num_iterations})": lambda: faiss_fit(x.shape[0] // k + 1),
         f"faiss.Kmeans, default 256 pts/centroid (niter={fit.num_iterations})": lambda: faiss_fit(256),
     }
-    results = interleaved(methods, repeats=3)
-    t_ours = results[next(iter(methods))][0]
-    for name, (median, low, high, centroids) in results.items():
-        extra = {} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}
-        record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)
+    t_ours = record_codebooks(section, frames, interleaved(methods, repeats=3))
     if with_minibatch:
         start = time.perf_counter()
         mbk = MiniBatchKMeans(
@@ -263,11 +269,7 @@ def bench_lloyd(frames: torch.Tensor, k: int, label: str, iterations: int = 10) 
         ),
         f"faiss.Kmeans from the same start (niter={iterations})": faiss_lloyd,
     }
-    results = interleaved(methods, repeats=3)
-    t_ours = results[next(iter(methods))][0]
-    for name, (median, low, high, centroids) in results.items():
-        extra = {} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}
-        record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)
+    record_codebooks(section, frames, interleaved(methods, repeats=3))
 
 
 # ------------------------------------------------------------------ assignment
