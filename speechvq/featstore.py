@@ -1,11 +1,13 @@
 """On-disk features between stages: safetensors parts of concatenated frames plus an index.json
-written last, so a folder without index.json is visibly unfinished. Writing buffers at most one part
-(16 MB) and reading streams one part at a time, so memory is bounded by the part size, not the dataset."""
+written last, so a folder without index.json is visibly unfinished. Writing buffers at most two parts (one
+being filled, one being written in the background) and reading streams one part at a time, so memory is bounded
+by the part size (16 MB), not the dataset."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +32,9 @@ class StoredUtterance:
 
 
 class FeatureWriter:
-    """Buffers frames and writes them as parts. `checkpoint` (called between batches) flushes a full part and
-    records what is safely on disk, so an interrupted features stage resumes from its last part."""
+    """Buffers frames and writes them as parts. `checkpoint` (called between batches) hands a full part to a
+    writer thread, which writes it and then records it, with the caller's state, as safely on disk; so an
+    interrupted features stage resumes from its last written part, while the next batches are computed."""
 
     def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float, part_bytes: int = 16 << 20):
         self.folder = folder
@@ -42,21 +45,37 @@ class FeatureWriter:
         self._pending_frames = 0
         self._part = 0
         self._part_start = 0  # first entry of the part being filled
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-parts")
+        self._writing: Future | None = None  # the part in flight: at most one
         folder.mkdir(parents=True, exist_ok=True)
         (folder / INDEX_FILE).unlink(missing_ok=True)  # the old index must not vouch for new parts
 
     def add(self, features: FeatureMatrix) -> None:
         self.entries.append(StoredUtterance(features.utt_id, features.num_frames, self._part, self._pending_frames))
-        # A copy, not a view: a view would keep the whole batch's feature tensor alive until the flush.
-        self._pending.append(features.frames.detach().to("cpu", torch.float32).clone())
+        # Kept as given, not copied: the features stage adds every utterance of a batch, so a view keeps nothing
+        # alive beyond its own part, and a copy of frames that arrive in shared memory from a worker costs a pass.
+        self._pending.append(features.frames.detach().to("cpu", torch.float32))
         self._pending_frames += features.num_frames
 
     def checkpoint(self, key: str, state: dict) -> None:
         """Flush if a part is full, then record (atomically) the entries on disk and the caller's state."""
         if self._pending_frames < self.part_frames:
             return
-        self._flush()
-        write_json(self.folder / PROGRESS_FILE, {"key": key, "parts": self._part, "state": state})
+        write_part = self._take_part()
+        progress = {"key": key, "parts": self._part, "state": state}
+        self.wait()  # the previous part first: progress.json must never count a part that is not on disk
+
+        def write() -> None:
+            write_part()
+            write_json(self.folder / PROGRESS_FILE, progress)
+
+        self._writing = self._writer.submit(write)
+
+    def wait(self) -> None:
+        """Block until the part in flight is on disk; raises its writing error here, in the caller."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
 
     def resume(self, key: str) -> dict | None:
         """Restore from the last checkpoint made with the same key; returns the caller's state, or None."""
@@ -78,18 +97,26 @@ class FeatureWriter:
     def _part_path(self, part: int) -> Path:
         return self.folder / f"part-{part:05d}.safetensors"
 
-    def _flush(self) -> None:
-        frames = torch.cat(self._pending) if self._pending else torch.zeros(0, self.dim)
+    def _take_part(self):
+        """Close the part being filled; returns the function that writes it."""
+        pending, path = self._pending, self._part_path(self._part)
         rows = [[e.utt_id, e.num_frames, e.part, e.offset] for e in self.entries[self._part_start :]]
-        metadata = {"utterances": json.dumps(rows)}
-        write_bytes(self._part_path(self._part), save_safetensors_bytes({"frames": frames}, metadata=metadata))
         self._pending, self._pending_frames = [], 0
         self._part += 1
         self._part_start = len(self.entries)
 
+        def write() -> None:
+            frames = torch.cat(pending) if pending else torch.zeros(0, self.dim)
+            metadata = {"utterances": json.dumps(rows)}
+            write_bytes(path, save_safetensors_bytes({"frames": frames}, metadata=metadata))
+
+        return write
+
     def close(self, extra: dict) -> None:
+        self.wait()
+        self._writer.shutdown()
         if self._pending or self._part == 0:
-            self._flush()
+            self._take_part()()
         write_json(
             self.folder / INDEX_FILE,
             {

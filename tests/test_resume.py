@@ -159,6 +159,7 @@ def test_features_resume_counts_files_skipped_at_decode_time(tmp_path, monkeypat
 
     def interrupting(self, key, state):
         original(self, key, state)
+        self.wait()  # the part just handed over is on disk, and progress.json with it
         if (self.folder / "progress.json").exists() and state["skipped"]:
             raise Interrupted  # stop right after a checkpoint that records the decode-time skip
 

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import DataConfig, FeatureConfig
-from ..data import check_files, iter_waveforms
+from ..data import batches_by_length, check_files, iter_batches
 from ..errors import EmptyDatasetError
 from ..featstore import FeatureStore, FeatureWriter
 from ..features import build_extractor
@@ -84,16 +84,26 @@ def _resume(writer: FeatureWriter, key: str, good: list[Utterance], skipped: lis
 def _extract(data, features, extractor, writer, key, good, progress: _Progress, device) -> None:
     consumed = progress.checkpoint_state()["consumed"]
     by_id = {u.utt_id: u for u in good}
-    waveforms = iter_waveforms(good[consumed:], features.sample_rate, data.num_workers, data.on_error, progress.skipped)
-    batch_samples = data.batch_seconds * features.sample_rate
+    batches = batches_by_length(good[consumed:], data.batch_seconds * features.sample_rate)
+    # A front end without weights runs on the CPU where the audio is decoded: in the workers, side by side.
+    in_workers = device.type == "cpu" and not extractor.needs_weights
+    loaded = iter_batches(
+        batches,
+        features.sample_rate,
+        data.num_workers,
+        data.on_error,
+        progress.skipped,
+        extract=extractor.extract_batch if in_workers else None,
+    )
     with (
         torch.inference_mode(),
         tqdm(total=len(good), initial=consumed, desc="features", unit="utt", disable=None) as bar,
     ):
-        for batch in _batches(waveforms, batch_samples):
-            for waveform, frames in zip(batch, extractor.extract_batch([w.samples.to(device) for w in batch])):
-                writer.add(FeatureMatrix(waveform.utt_id, frames, extractor.frame_rate_hz))
-                progress.processed.append(by_id[waveform.utt_id])
+        for batch, (utt_ids, items) in zip(batches, loaded):
+            frames = items if in_workers else extractor.extract_batch([samples.to(device) for samples in items])
+            for utt_id, utt_frames in zip(utt_ids, frames, strict=True):
+                writer.add(FeatureMatrix(utt_id, utt_frames, extractor.frame_rate_hz))
+                progress.processed.append(by_id[utt_id])
             bar.update(len(batch))
             writer.checkpoint(key, progress.checkpoint_state())
 
@@ -111,16 +121,3 @@ def _finish(data, folder: RunFolder, writer, listing, progress: _Progress, count
     )
     shard_info = {"index": data.shard_index, "num_shards": data.num_shards, "dataset_utterances": len(listing)}
     writer.close({"counts": counts.to_dict(), "source": str(data.path), "shard": shard_info})
-
-
-def _batches(waveforms, max_samples: float, max_items: int = 512):
-    """Group consecutive waveforms until their total length reaches max_samples."""
-    batch, total = [], 0
-    for waveform in waveforms:
-        batch.append(waveform)
-        total += waveform.samples.numel()
-        if total >= max_samples or len(batch) >= max_items:
-            yield batch
-            batch, total = [], 0
-    if batch:
-        yield batch
