@@ -34,7 +34,7 @@ from conftest import speechlike  # noqa: E402  the same synthetic speech the tes
 
 from speechvq.codebook import kmeans  # noqa: E402
 from speechvq.codebook.kmeans import lloyd  # noqa: E402
-from speechvq.config import FeatureConfig  # noqa: E402
+from speechvq.config import DataConfig, FeatureConfig  # noqa: E402
 from speechvq.features import build_extractor  # noqa: E402
 from speechvq.quantize import nearest_codewords  # noqa: E402
 
@@ -333,7 +333,7 @@ CHILD = """
 import json, resource, sys, time, torch
 from speechvq import pipeline
 from speechvq.config import RunConfig, DataConfig, CodebookConfig
-config = RunConfig(data=DataConfig(path=sys.argv[1], alignments=None, num_workers=1, on_error="raise"),
+config = RunConfig(data=DataConfig(path=sys.argv[1], alignments=None, num_workers=int(sys.argv[4]), on_error="raise"),
                    codebook=CodebookConfig(path=sys.argv[2]), stages=["features", "quantize"], device="cpu")
 start = time.perf_counter()
 pipeline.run(config, sys.argv[3])
@@ -344,9 +344,9 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": int(hwm) / 1024, "worker_pe
 """
 
 
-def run_child(corpus: Path, codebook: Path, run_dir: Path) -> dict:
+def run_child(corpus: Path, codebook: Path, run_dir: Path, workers: int = DataConfig().num_workers) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(corpus), str(codebook), str(run_dir)],
+        [sys.executable, "-c", CHILD, str(corpus), str(codebook), str(run_dir), str(workers)],
         capture_output=True,
         text=True,
         env={**os.environ, "TQDM_DISABLE": "1"},
@@ -365,16 +365,18 @@ def bench_end_to_end(work: Path, e2e_minutes: float, small_files: int) -> None:
 
     corpus = work / "long"
     audio_s = write_corpus(corpus, num_files=int(e2e_minutes * 60 / 15), seconds=15.0)
-    runs = [run_child(corpus, codebook, work / f"run_long{index}") for index in range(3)]  # median of 3
-    seconds = sorted(run["seconds"] for run in runs)
-    record(
-        "end to end",
-        f"{audio_s / 60:.0f} min of 16 kHz WAV, ~15 s files",
-        seconds[1],
-        range_s=f"{seconds[0]:.2f}-{seconds[2]:.2f}",
-        realtime_factor=audio_s / seconds[1],
-        peak_rss_mb=max(run["peak_rss_mb"] for run in runs),
-    )
+    # The default configuration (data.num_workers decoding workers, which also run the MFCC), then one worker.
+    for workers in (DataConfig().num_workers, 1):
+        runs = [run_child(corpus, codebook, work / f"run_long{workers}_{index}", workers) for index in range(3)]
+        seconds = sorted(run["seconds"] for run in runs)  # median of 3
+        record(
+            "end to end",
+            f"{audio_s / 60:.0f} min of 16 kHz WAV, ~15 s files, {workers} decoding worker{'s' * (workers > 1)}",
+            seconds[1],
+            range_s=f"{seconds[0]:.2f}-{seconds[2]:.2f}",
+            realtime_factor=audio_s / seconds[1],
+            peak_rss_mb=max(run["peak_rss_mb"] for run in runs),
+        )
 
     for count in (small_files, 10 * small_files):
         folder = work / f"files{count}"

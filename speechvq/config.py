@@ -72,7 +72,7 @@ class FeatureConfig:
     # ssl, several layers: concat | mean | tokens (k-means: one codebook and one unit stream per layer)
     layer_reduction: LayerReduction = LayerReduction["concat"]
     dtype: SSLDtype = SSLDtype["float32"]  # ssl: float32 | bfloat16 (autocast, for GPUs)
-    chunk_s: float = 30.0  # ssl: longer audio runs in chunks of this length with 1 s of context each side
+    chunk_s: float = 30.0  # ssl, encoder: longer audio runs in chunks of this length with 1 s of context each side
 
     def to_dict(self) -> dict:
         """The recorded feature config. Fields added after the first codebook format appear only when they differ

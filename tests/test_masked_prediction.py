@@ -195,3 +195,32 @@ def test_iterations_run_in_one_command_each_predicting_the_previous_units(datase
         assert json.loads((units / "units.meta.json").read_text())["codebook_fingerprint"] == codebook["fingerprint"]
     assert summary.run_dir == tmp_path / "it/iteration3/units"
     assert rows[1]["train_encoder_s"] > 0 and rows[0]["train_encoder_s"] == 0
+
+
+def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(tmp_path):
+    """features=encoder with chunk_s=1: frames [50k, 50k + 50) of a 3.3 s file come from the model run on samples
+    [16000 (k - 1), 16000 (k + 2)) (1 s of context each side, clipped to the file), so attention never spans more
+    than 3 s; a short file batched with it is unaffected. A stitching offset, a lost context or a missing last
+    chunk all show."""
+    from speechvq.encoder.train import config_record, save_model
+    from speechvq.features import build_extractor
+
+    train = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction", dim=32, layers=2, heads=4))
+    torch.manual_seed(0)
+    model = MaskedPredictionModel.from_config(train, 16000, 7).eval()
+    save_model(tmp_path / "model.safetensors", model, {**config_record(train, 16000), "num_units": 7}, 0, [])
+    config = FeatureConfig(name="encoder", checkpoint=str(tmp_path / "model.safetensors"), layer=2, chunk_s=1.0)
+    extractor = build_extractor(config)
+    long, short = torch.from_numpy(speechlike(3.3, 16000, 4)), torch.from_numpy(speechlike(0.6, 16000, 5))
+    frames, short_frames = extractor.extract_batch([long, short])
+    total = model.num_frames(long.numel())
+    assert frames.shape == (total, 32)
+    for k in range(4):
+        start = max(0, 16000 * (k - 1))
+        reference = model.layer_features([long[start : 16000 * (k + 2)]], 2)[0]
+        first, last, offset = 50 * k, min(total, 50 * (k + 1)), start // 320
+        torch.testing.assert_close(frames[first:last], reference[first - offset : last - offset], atol=1e-5, rtol=0)
+    torch.testing.assert_close(short_frames, model.layer_features([short], 2)[0], atol=1e-5, rtol=0)
+    # Context matters: near the end of the first chunk, a context-free 1 s window gives other frames.
+    alone = model.layer_features([long[:16000]], 2)[0]
+    assert not torch.allclose(frames[45], alone[45], atol=1e-3)

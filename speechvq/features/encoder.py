@@ -7,6 +7,7 @@ import torch
 
 from ..config import FeatureConfig
 from ..errors import ConfigError
+from .base import batched_or_chunked, chunk_sizes
 
 
 class EncoderExtractor:
@@ -32,6 +33,7 @@ class EncoderExtractor:
         self.model.check_layer(config.layer)
         self.dim = self.model.feature_dim
         self.frame_rate_hz = self.model.frame_rate_hz
+        self.hop = round(config.sample_rate / self.frame_rate_hz)  # samples per frame
 
     def describe(self) -> dict:
         return {**self.config.to_dict(), "model_fingerprint": self.meta["fingerprint"]}
@@ -40,9 +42,15 @@ class EncoderExtractor:
         return self.model.num_frames(num_samples)
 
     def extract_batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Layer features.layer of the model (the conv output for the VQ-VAE), equal alone or in a batch."""
+        """Layer features.layer of the model (the conv output for the VQ-VAE), equal alone or in a batch; files
+        longer than features.chunk_s in overlapping chunks (a Transformer's attention grows with the square of
+        the length)."""
         if waveforms and next(self.model.parameters()).device != waveforms[0].device:
             self.model.to(waveforms[0].device)
+        sizes = chunk_sizes(self.config, self.hop)
+        return batched_or_chunked(waveforms, self._forward, self.num_frames, self.hop, self.dim, sizes)
+
+    def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.model.layer_features(waveforms, self.config.layer)
 
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:

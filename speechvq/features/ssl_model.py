@@ -17,11 +17,10 @@ import torch
 
 from ..config import FeatureConfig
 from ..errors import ConfigError
+from .base import batched_or_chunked, chunk_sizes
 from .ssl_checkpoint import SSL_MODELS, read_checkpoint
 
 __all__ = ["SSL_MODELS", "SSLExtractor"]
-CONTEXT_S = 1.0
-BATCH_CHUNKS = 4  # a padded batch holds at most this many chunk_s of audio
 
 
 class SSLExtractor:
@@ -67,17 +66,8 @@ class SSLExtractor:
         """Different-length (num_samples,) waveforms -> [(num_frames_i, dim)]: the short ones in padded, masked
         forward passes of similar lengths, each long one in overlapping chunks, too-short ones as (0, dim)."""
         waveforms = [self._prepare(wave) for wave in waveforms]
-        chunk = round(self.config.chunk_s * self.config.sample_rate) // self.hop * self.hop
-        out: list[torch.Tensor | None] = [None] * len(waveforms)
-        short = [i for i, w in enumerate(waveforms) if 0 < self.num_frames(w.numel()) and w.numel() <= chunk]
-        for group in _length_groups(sorted(short, key=lambda i: waveforms[i].numel()), waveforms, BATCH_CHUNKS * chunk):
-            for i, frames in zip(group, self._forward([waveforms[i] for i in group])):
-                out[i] = frames
-        for i, wave in enumerate(waveforms):
-            if out[i] is None:
-                empty = self.num_frames(wave.numel()) == 0
-                out[i] = wave.new_zeros((0, self.dim)) if empty else self._chunked(wave, chunk)
-        return out
+        sizes = chunk_sizes(self.config, self.hop)
+        return batched_or_chunked(waveforms, self._forward, self.num_frames, self.hop, self.dim, sizes)
 
     def _prepare(self, wave: torch.Tensor) -> torch.Tensor:
         """On the model's device; zero mean and unit variance over the whole file where the model expects it
@@ -122,31 +112,3 @@ class SSLExtractor:
         if self._device() != samples.device:
             self.model.to(samples.device)
         return self.extract_batch([samples])[0]
-
-    def _chunked(self, samples: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Overlapping windows with CONTEXT_S of context each side; frame i of a window starting at sample s
-        (a multiple of the hop) is global frame s / hop + i, so the core frames stitch exactly."""
-        context = round(CONTEXT_S * self.config.sample_rate) // self.hop * self.hop
-        total = self.num_frames(samples.numel())
-        out = samples.new_empty((total, self.dim))
-        for core_start in range(0, samples.numel(), chunk):
-            start = max(0, core_start - context)
-            window = samples[start : core_start + chunk + context]
-            frames = self._forward([window])[0]
-            first = core_start // self.hop
-            last = min(total, (core_start + chunk) // self.hop)
-            if first >= last:
-                break
-            out[first:last] = frames[first - start // self.hop : last - start // self.hop]
-        return out
-
-
-def _length_groups(order: list[int], waveforms: list[torch.Tensor], max_padded_samples: int) -> list[list[int]]:
-    """Consecutive runs of the length-sorted indices whose padded size (count x longest) fits the budget."""
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and (len(groups[-1]) + 1) * waveforms[i].numel() <= max_padded_samples:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
