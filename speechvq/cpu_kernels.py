@@ -126,11 +126,14 @@ def nearest_cpu(
     indices = torch.empty(num_frames, dtype=torch.long)
     sq_dists = torch.empty(num_frames, dtype=torch.float32)
     index32 = np.empty(min(chunk_size, num_frames), dtype=np.int32)
+    # One distance buffer for all chunks: a fresh (K, chunk) tensor per chunk costs its page faults every time.
+    buffer = torch.empty(centroids.shape[0] * min(chunk_size, num_frames), dtype=torch.float32)
     out_indices, out_sq, norms = indices.numpy(), sq_dists.numpy(), frames_sq.numpy()
     for start in range(0, num_frames, chunk_size):
         chunk = frames[start : start + chunk_size]
         end = start + chunk.shape[0]
-        dists = torch.addmm(centroid_sq, centroids, chunk.T, alpha=-2.0)  # (codebook_size, chunk), contiguous
+        dists = buffer[: centroids.shape[0] * chunk.shape[0]].view(centroids.shape[0], chunk.shape[0])
+        torch.addmm(centroid_sq, centroids, chunk.T, alpha=-2.0, out=dists)  # (codebook_size, chunk), contiguous
         _nearest_in_chunk(
             dists.numpy(), norms[start:end], out_sq[start:end], out_indices[start:end], index32[: end - start]
         )
