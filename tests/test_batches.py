@@ -43,10 +43,10 @@ def test_batches_by_length_cover_the_listing_in_order():
     assert batches_by_length([], 8) == []
 
 
-@pytest.mark.parametrize("name", ["mfcc_hubert", "fbank", "mfcc"])
-def test_features_from_workers_equal_the_main_process(corpus, name):
-    """The front end computed in two decoding workers (one thread each) gives the frames the main process gives
-    for the same files, whatever the batches."""
+@pytest.mark.parametrize("name, workers", [("mfcc_hubert", 2), ("fbank", 2), ("mfcc", 2), ("mfcc_hubert", 1)])
+def test_features_from_workers_equal_the_main_process(corpus, name, workers):
+    """The front end computed in the decoding workers (the cores shared among them) gives the frames the main
+    process gives for the same files, whatever the batches."""
     config = FeatureConfig(name=name)
     extractor = build_extractor(config)
     good, _ = check_files(list_utterances(corpus), "raise")
@@ -54,7 +54,8 @@ def test_features_from_workers_equal_the_main_process(corpus, name):
     for ids, samples in iter_batches(batches_by_length(good, 3 * 16000), 16000, 0, "raise", []):
         in_main.update(zip(ids, extractor.extract_batch(samples)))
     in_workers = {}
-    for ids, frames in iter_batches(batches_by_length(good, 16000), 16000, 2, "raise", [], extractor.extract_batch):
+    batches = batches_by_length(good, 16000)
+    for ids, frames in iter_batches(batches, 16000, workers, "raise", [], extractor.extract_batch):
         in_workers.update(zip(ids, frames))
     assert list(in_workers) == [u.utt_id for u in good]
     for utt_id, frames in in_workers.items():

@@ -85,8 +85,10 @@ def _extract(data, features, extractor, writer, key, good, progress: _Progress, 
     consumed = progress.checkpoint_state()["consumed"]
     by_id = {u.utt_id: u for u in good}
     batches = batches_by_length(good[consumed:], data.batch_seconds * features.sample_rate)
-    # A front end without weights runs on the CPU where the audio is decoded: in the workers, side by side.
-    in_workers = device.type == "cpu" and not extractor.needs_weights
+    # With two or more decoding workers, a front end without weights runs in them, on the CPU, side by side. A
+    # forked worker must keep the one torch thread the DataLoader gives it (OpenMP is not fork-safe once the
+    # parent has used it), so with a single worker the main process computes the features with all its threads.
+    in_workers = device.type == "cpu" and not extractor.needs_weights and data.num_workers >= 2
     loaded = iter_batches(
         batches,
         features.sample_rate,
