@@ -58,7 +58,8 @@ class FeatureWriter:
         self._pending_frames += features.num_frames
 
     def checkpoint(self, key: str, state: dict) -> None:
-        """Flush if a part is full, then record (atomically) the entries on disk and the caller's state."""
+        """If a part is full, hand it to the writer thread, which writes it and then records (atomically) the
+        entries on disk and the caller's state; the part before it is waited for first."""
         if self._pending_frames < self.part_frames:
             return
         write_part = self._take_part()
