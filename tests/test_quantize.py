@@ -190,3 +190,43 @@ def test_kmeans_units_pass_their_precision_and_chunk_size_on():
         KMeansUnits(codebook, precision="fast").assign(frames)
     with pytest.raises(ValueError, match="chunk_size"):
         KMeansUnits(codebook, chunk_size=-5).assign(frames)
+
+
+@pytest.mark.parametrize("num_codebooks", [1, 3])
+def test_unit_file_lines_are_what_json_dumps_writes(num_codebooks):
+    """The quantize stage assembles its .km and JSONL lines from each code's text made once; they must be byte for
+    byte what str() and json.dumps(record, separators=(",", ":")) give (odd ids, an empty utterance, repeats)."""
+    import json
+
+    from speechvq.featstore import StoredUtterance
+    from speechvq.fileio import deduplicate_rows
+    from speechvq.stages.quantize import _part_texts
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [7, 0, 30, 1]
+    units = torch.randint(0, 4, (sum(lengths), num_codebooks), generator=generator) * 25  # runs and 2-digit codes
+    ids = ["plain", 'quo"te\\back', "naïve 日本", "tab\there"]
+    offsets = [sum(lengths[:i]) for i in range(len(lengths))]
+    entries = [StoredUtterance(u, n, 0, o) for u, n, o in zip(ids, lengths, offsets)]
+    rate = 100 / 3
+    got = _part_texts(entries, units, rate, True, 100)
+
+    def dumps(record):
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+    expected_streams = [[], [], []][:num_codebooks]
+    records, dedup_records = [], []
+    for entry in entries:
+        utt = units[entry.offset : entry.offset + entry.num_frames]
+        for stream in range(num_codebooks):
+            expected_streams[stream].append(" ".join(map(str, utt[:, stream].tolist())) + "\n")
+        listed = utt[:, 0].tolist() if num_codebooks == 1 else utt.T.tolist()
+        record = {"id": entry.utt_id, "units": listed, "num_frames": entry.num_frames, "frame_rate_hz": rate}
+        if num_codebooks > 1:
+            record["unit_offsets"] = [stream * 100 for stream in range(num_codebooks)]
+        records.append(dumps(record))
+        values, durations = deduplicate_rows(utt)
+        listed = values[:, 0].tolist() if num_codebooks == 1 else values.T.tolist()
+        dedup_records.append(dumps({"id": entry.utt_id, "units": listed, "durations": durations.tolist()}))
+    assert got == expected_streams + [records, dedup_records]
+    assert _part_texts(entries, units, rate, False, 100) == expected_streams + [records]

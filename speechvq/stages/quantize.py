@@ -81,25 +81,41 @@ def _parts_dir(folder: RunFolder, key: str):
 def _part_texts(entries: list[StoredUtterance], units: torch.Tensor, frame_rate_hz, dedup: bool, codebook_size: int):
     """The lines of each unit file for one part's utterances: one .km stream per codebook, the JSONL units and,
     with dedup, the deduplicated JSONL units (the order of the caller's `names`). With several codebooks the JSONL
-    also gives each codebook's offset in one joint vocabulary (unit + offset), for models that want one."""
+    also gives each codebook's offset in one joint vocabulary (unit + offset), for models that want one.
+
+    The JSON lines are what json.dumps(record, separators=(",", ":")) writes, assembled from each code's text made
+    once: str() per frame, for the .km line and again inside json.dumps, was most of the quantize stage's time."""
     num_codebooks = units.shape[1]
-    offsets = {"unit_offsets": [stream * codebook_size for stream in range(num_codebooks)]} if num_codebooks > 1 else {}
+    names = [str(code) for code in range(codebook_size)]
+    offsets = f',"unit_offsets":{_ints([stream * codebook_size for stream in range(num_codebooks)])}'
+    tail = f',"frame_rate_hz":{json.dumps(frame_rate_hz)}' + (offsets if num_codebooks > 1 else "")
     streams: list[list[str]] = [[] for _ in range(num_codebooks)]
     records, dedup_records = [], []
     for entry in entries:
         utt_units = units[entry.offset : entry.offset + entry.num_frames]
-        for stream in range(num_codebooks):
-            streams[stream].append(fileio.units_to_line(utt_units[:, stream]) + "\n")
-        listed = utt_units[:, 0].tolist() if num_codebooks == 1 else utt_units.T.tolist()
-        record = {"id": entry.utt_id, "units": listed, "num_frames": entry.num_frames, "frame_rate_hz": frame_rate_hz}
-        record.update(offsets)
-        records.append(json.dumps(record, separators=(",", ":")) + "\n")
+        tokens = [[names[code] for code in stream] for stream in utt_units.T.tolist()]
+        for stream, stream_tokens in enumerate(tokens):
+            streams[stream].append(" ".join(stream_tokens) + "\n")
+        utt_id = json.dumps(entry.utt_id)
+        records.append(f'{{"id":{utt_id},"units":{_units_json(tokens)},"num_frames":{entry.num_frames}{tail}}}\n')
         if dedup:
             values, durations = fileio.deduplicate_rows(utt_units)
-            listed = values[:, 0].tolist() if num_codebooks == 1 else values.T.tolist()
-            record = {"id": entry.utt_id, "units": listed, "durations": durations.tolist()}
-            dedup_records.append(json.dumps(record, separators=(",", ":")) + "\n")
+            kept = [[names[code] for code in stream] for stream in values.T.tolist()]
+            dedup_records.append(
+                f'{{"id":{utt_id},"units":{_units_json(kept)},"durations":{_ints(durations.tolist())}}}\n'
+            )
     return streams + [records] + ([dedup_records] if dedup else [])
+
+
+def _units_json(tokens: list[list[str]]) -> str:
+    """One codebook: its list; several: the list of their lists."""
+    if len(tokens) == 1:
+        return "[" + ",".join(tokens[0]) + "]"
+    return "[" + ",".join("[" + ",".join(stream) + "]" for stream in tokens) + "]"
+
+
+def _ints(values: list[int]) -> str:
+    return "[" + ",".join(map(str, values)) + "]"
 
 
 def _units_meta(folder: RunFolder, store: FeatureStore, units_model, split: str, streams, dedup: bool) -> UnitsMeta:
