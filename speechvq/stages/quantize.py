@@ -87,8 +87,9 @@ def _part_texts(entries: list[StoredUtterance], units: torch.Tensor, frame_rate_
     once: str() per frame, for the .km line and again inside json.dumps, was most of the quantize stage's time."""
     num_codebooks = units.shape[1]
     names = [str(code) for code in range(codebook_size)]
-    offsets = f',"unit_offsets":{_ints([stream * codebook_size for stream in range(num_codebooks)])}'
-    tail = f',"frame_rate_hz":{json.dumps(frame_rate_hz)}' + (offsets if num_codebooks > 1 else "")
+    tail = f',"frame_rate_hz":{json.dumps(frame_rate_hz)}'  # what follows num_frames in every record
+    if num_codebooks > 1:
+        tail += f',"unit_offsets":{_ints([stream * codebook_size for stream in range(num_codebooks)])}'
     streams: list[list[str]] = [[] for _ in range(num_codebooks)]
     records, dedup_records = [], []
     for entry in entries:
