@@ -72,6 +72,94 @@ def _running_argmin(dists, best, index):  # pragma: no cover - compiled; tested 
 
 
 @_compiled()
+def _running_top2(dists, best, second, index):  # pragma: no cover - compiled; tested through nearest_two_cpu
+    """As _running_argmin, and also second (n,) float32: the smallest value of each column other than the one at
+    index (equal to best when the column holds a tie). Two rows per sweep: the running values stay in registers."""
+    num_rows, n = dists.shape
+    for col in range(n):
+        best[col], second[col], index[col] = dists[0, col], np.inf, 0
+    row = 1
+    while row + 2 <= num_rows:
+        row0, row1, k0, k1 = dists[row], dists[row + 1], np.int32(row), np.int32(row + 1)
+        for col in range(n):
+            b, s, i = best[col], second[col], index[col]
+            v = row0[col]
+            take = v < b
+            s, b, i = (b if take else min(s, v)), (v if take else b), (k0 if take else i)
+            v = row1[col]
+            take = v < b
+            second[col], best[col], index[col] = (b if take else min(s, v)), (v if take else b), (k1 if take else i)
+        row += 2
+    if row < num_rows:
+        values, k = dists[row], np.int32(row)
+        for col in range(n):
+            v, b = values[col], best[col]
+            take = v < b
+            second[col] = b if take else min(second[col], v)
+            best[col], index[col] = (v if take else b), (k if take else index[col])
+
+
+@_compiled()
+def _nearest_two_in_chunk(dists, frames_sq, sq_dists, second_sq, indices, index32):  # pragma: no cover - compiled
+    """As _nearest_in_chunk, and the second smallest squared distance of each column into second_sq (n,)."""
+    _running_top2(dists, sq_dists, second_sq, index32)
+    for col in range(sq_dists.shape[0]):
+        sq_dists[col] = max(sq_dists[col] + frames_sq[col], np.float32(0.0))
+        second_sq[col] = max(second_sq[col] + frames_sq[col], np.float32(0.0))
+        indices[col] = index32[col]
+
+
+@_compiled(fastmath={"reassoc", "contract"})
+def _bounds_pass(
+    frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists, active
+):  # pragma: no cover
+    """One pass of Hamerly's test (codebook.bounds): each frame's direct squared distance to its own centroid into
+    sq_dists, its lower bound lowered by the largest move of another centroid (other_moves[own]); the frames whose
+    label may change by more than the GEMM's rounding (gamma; largest_sq: the largest |c|^2) are listed in active,
+    in order, and their number returned."""
+    for row in range(frames.shape[0]):
+        label = labels[row]
+        own = centroids[label]
+        total = np.float32(0.0)
+        for col in range(frames.shape[1]):
+            diff = frames[row, col] - own[col]
+            total += diff * diff
+        sq_dists[row] = total
+    count = 0
+    for row in range(frames.shape[0]):  # a loop of its own, without the reduction over dims
+        label = labels[row]
+        bound = lower[row] - other_moves[label]
+        lower[row] = bound
+        upper_sq = np.float64(sq_dists[row]) * (1 + 4 * gamma)  # the direct sum's rounding is relative
+        low, half = max(bound, 0.0), half_gaps[label]
+        margin = max(low * low - upper_sq, 4 * half * (half - np.sqrt(upper_sq)))
+        active[count] = row
+        count += margin <= 4 * gamma * (np.float64(frames_sq[row]) + largest_sq)
+    return count
+
+
+@_compiled(fastmath={"reassoc", "contract"})
+def _take_labels(
+    frames, centroids, frames_sq, rows, found, second_sq, gamma, largest_sq, labels, lower, sq_dists
+):  # pragma: no cover
+    """For each frame rows[i], assigned afresh to found[i]: its lower bound from the second nearest's GEMM distance
+    less the GEMM's rounding bound, and where its label changed, the new label and its direct squared distance."""
+    for i in range(rows.shape[0]):
+        row = rows[i]
+        rounding = 2 * gamma * (np.float64(frames_sq[row]) + largest_sq)
+        lower[row] = np.sqrt(max(np.float64(second_sq[i]) - rounding, 0.0))
+        if labels[row] == found[i]:
+            continue
+        labels[row] = found[i]
+        own = centroids[found[i]]
+        total = np.float32(0.0)
+        for col in range(frames.shape[1]):
+            diff = frames[row, col] - own[col]
+            total += diff * diff
+        sq_dists[row] = total
+
+
+@_compiled()
 def _nearest_in_chunk(dists, frames_sq, sq_dists, indices, index32):  # pragma: no cover - compiled
     """The argmin of each column of dists (K, n) into indices (n,) int64, and its squared distance, the
     partial distance plus frames_sq and clamped at zero against rounding, into sq_dists (n,)."""
@@ -119,22 +207,57 @@ def nearest_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices int64, squared distances float32) of each frame's nearest centroid; fp32 GEMM distances.
     ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, and the argmin does not need ||x||^2, so it is added after."""
+    indices, sq_dists, _ = _sweep(frames, centroids, chunk_size, frames_sq, with_second=False)
+    return indices, sq_dists
+
+
+def nearest_two_cpu(
+    frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int, frames_sq: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As nearest_cpu (the same labels and distances), and the squared distance to the second nearest centroid
+    (inf with one centroid; equal to the nearest's on a tie)."""
+    return _sweep(frames, centroids, chunk_size, frames_sq, with_second=True)
+
+
+def _sweep(frames, centroids, chunk_size, frames_sq, with_second: bool):
     frames, centroids = frames.detach().to(torch.float32).contiguous(), centroids.detach()
     frames_sq = row_sq_norms(frames) if frames_sq is None else frames_sq.to(torch.float32).contiguous()
     centroid_sq = centroids.square().sum(dim=1, keepdim=True)
     num_frames = frames.shape[0]
     indices = torch.empty(num_frames, dtype=torch.long)
     sq_dists = torch.empty(num_frames, dtype=torch.float32)
+    second_sq = torch.empty(num_frames if with_second else 0, dtype=torch.float32)
     index32 = np.empty(min(chunk_size, num_frames), dtype=np.int32)
     # One distance buffer for all chunks: a fresh (K, chunk) tensor per chunk costs its page faults every time.
     buffer = torch.empty(centroids.shape[0] * min(chunk_size, num_frames), dtype=torch.float32)
-    out_indices, out_sq, norms = indices.numpy(), sq_dists.numpy(), frames_sq.numpy()
+    out_indices, out_sq, out_second, norms = indices.numpy(), sq_dists.numpy(), second_sq.numpy(), frames_sq.numpy()
     for start in range(0, num_frames, chunk_size):
         chunk = frames[start : start + chunk_size]
         end = start + chunk.shape[0]
         dists = buffer[: centroids.shape[0] * chunk.shape[0]].view(centroids.shape[0], chunk.shape[0])
         torch.addmm(centroid_sq, centroids, chunk.T, alpha=-2.0, out=dists)  # (codebook_size, chunk), contiguous
-        _nearest_in_chunk(
-            dists.numpy(), norms[start:end], out_sq[start:end], out_indices[start:end], index32[: end - start]
-        )
-    return indices, sq_dists
+        if with_second:
+            _nearest_two_in_chunk(
+                dists.numpy(), norms[start:end], out_sq[start:end], out_second[start:end], out_indices[start:end],
+                index32[: end - start],
+            )  # fmt: skip
+        else:
+            _nearest_in_chunk(
+                dists.numpy(), norms[start:end], out_sq[start:end], out_indices[start:end], index32[: end - start]
+            )
+    return indices, sq_dists, (second_sq if with_second else None)
+
+
+def bounds_pass(frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists):
+    """codebook.bounds' per-iteration test over all frames (see _bounds_pass); returns the rows that may change."""
+    active = torch.empty(frames.shape[0], dtype=torch.long)
+    arrays = [t.numpy() for t in (frames, centroids, labels, frames_sq, lower, half_gaps, other_moves)]
+    count = _bounds_pass(*arrays, gamma, largest_sq, sq_dists.numpy(), active.numpy())
+    return active[:count]
+
+
+def take_labels(frames, centroids, frames_sq, rows, found, second_sq, gamma, largest_sq, labels, lower, sq_dists):
+    """codebook.bounds' update of the frames `rows` after a fresh assignment (see _take_labels); labels of -1 mark
+    frames without one yet."""
+    arrays = [t.numpy() for t in (frames, centroids, frames_sq, rows, found, second_sq)]
+    _take_labels(*arrays, gamma, largest_sq, labels.numpy(), lower.numpy(), sq_dists.numpy())

@@ -98,6 +98,17 @@ def test_kmeans_plusplus_picks_distinct_points_from_data():
     assert labels.unique().numel() == 5
 
 
+def test_wide_frames_are_seeded_in_a_projection_with_one_seed_per_cluster():
+    """Above kmeans.SEEDING_DIM dims the distances are measured in a random projection, but the seeds are frames
+    (not projected points) and the far-apart clusters still get one seed each."""
+    points, _, _ = planted(num_clusters=40, per_cluster=50, dim=300, seed=4)
+    seeds = kmeans_plusplus(points, 40, generator=torch.Generator().manual_seed(0))
+    assert seeds.shape == (40, 300)
+    assert (seeds[:, None] == points[None]).all(dim=2).any(dim=1).all()  # each seed is one of the frames
+    labels, _ = nearest_codewords(points, seeds)
+    assert labels.unique().numel() == 40
+
+
 def test_greedy_kmeans_plusplus_beats_plain_kmeans_plusplus():
     """Greedy k-means++ keeps, at each step, the candidate that lowers the potential most; on unclustered data
     its seeds have a clearly lower potential than plain k-means++ (one candidate, written out here) -- and
