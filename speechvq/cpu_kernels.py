@@ -110,6 +110,16 @@ def _nearest_two_in_chunk(dists, frames_sq, sq_dists, second_sq, indices, index3
 
 
 @_compiled(fastmath={"reassoc", "contract"})
+def _direct_sq_dist(frame, centroid):  # pragma: no cover - compiled
+    """||frame - centroid||^2 summed directly in float32 (rounding relative to the result, unlike the expansion)."""
+    total = np.float32(0.0)
+    for col in range(frame.shape[0]):
+        diff = frame[col] - centroid[col]
+        total += diff * diff
+    return total
+
+
+@_compiled(fastmath={"reassoc", "contract"})
 def _bounds_pass(
     frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists, active
 ):  # pragma: no cover
@@ -118,13 +128,7 @@ def _bounds_pass(
     label may change by more than the GEMM's rounding (gamma; largest_sq: the largest |c|^2) are listed in active,
     in order, and their number returned."""
     for row in range(frames.shape[0]):
-        label = labels[row]
-        own = centroids[label]
-        total = np.float32(0.0)
-        for col in range(frames.shape[1]):
-            diff = frames[row, col] - own[col]
-            total += diff * diff
-        sq_dists[row] = total
+        sq_dists[row] = _direct_sq_dist(frames[row], centroids[labels[row]])
     count = 0
     for row in range(frames.shape[0]):  # a loop of its own, without the reduction over dims
         label = labels[row]
@@ -151,12 +155,7 @@ def _take_labels(
         if labels[row] == found[i]:
             continue
         labels[row] = found[i]
-        own = centroids[found[i]]
-        total = np.float32(0.0)
-        for col in range(frames.shape[1]):
-            diff = frames[row, col] - own[col]
-            total += diff * diff
-        sq_dists[row] = total
+        sq_dists[row] = _direct_sq_dist(frames[row], centroids[found[i]])
 
 
 @_compiled()
