@@ -230,3 +230,18 @@ def test_unit_file_lines_are_what_json_dumps_writes(num_codebooks):
         dedup_records.append(dumps({"id": entry.utt_id, "units": listed, "durations": durations.tolist()}))
     assert got == expected_streams + [records, dedup_records]
     assert _part_texts(entries, units, rate, False, 100) == expected_streams + [records]
+
+
+def test_default_block_shrinks_for_narrow_frames_and_large_codebooks_without_changing_a_label():
+    """Narrow frames with K=1000 get 512-frame distance blocks (K x chunk distances near 2 MiB); the labels are those
+    of one block over all frames and of the float64 argmin."""
+    from speechvq.quantize import default_chunk_size
+
+    cpu = torch.device("cpu")
+    assert [default_chunk_size(cpu, 39, k) for k in (100, 250, 500, 1000, 4000)] == [4096, 2048, 1024, 512, 512]
+    assert default_chunk_size(cpu, 768, 1000) == 4096 and default_chunk_size(torch.device("cuda"), 39, 1000) == 1 << 19
+    g = torch.Generator().manual_seed(5)
+    frames, centroids = torch.randn(3000, 39, generator=g), torch.randn(1000, 39, generator=g)
+    labels, _ = nearest_codewords(frames, centroids)
+    assert torch.equal(labels, nearest_codewords(frames, centroids, chunk_size=3000)[0])
+    assert torch.equal(labels, torch.cdist(frames.double(), centroids.double()).argmin(dim=1))

@@ -254,7 +254,8 @@ def _assignment(frames: torch.Tensor, codebook_size: int, chunk_size: int | None
     if frames.device.type == "cpu" and codebook_size >= BOUNDS_MIN_CODEBOOK:
         from .bounds import BoundedAssignment  # imports cpu_kernels (numba), which k-means loads anyway
 
-        return BoundedAssignment(frames, frames_sq, chunk_size or default_chunk_size(frames.device))
+        chunk_size = chunk_size or default_chunk_size(frames.device, frames.shape[1], codebook_size)
+        return BoundedAssignment(frames, frames_sq, chunk_size)
     return lambda centroids: nearest_codewords(frames, centroids, chunk_size, assign, frames_sq)
 
 
