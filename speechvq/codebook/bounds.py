@@ -28,7 +28,8 @@ class BoundedAssignment:
     """Call with each new set of centroids: returns (labels int64, squared distances float32) of all frames."""
 
     def __init__(self, frames: torch.Tensor, frames_sq: torch.Tensor, chunk_size: int):
-        self.frames, self.frames_sq, self.chunk_size = frames, frames_sq, chunk_size
+        self.frames = frames.detach().to(torch.float32).contiguous()  # no copy for k-means' own frames
+        self.frames_sq, self.chunk_size = frames_sq.to(torch.float32).contiguous(), chunk_size
         terms = frames.shape[1] + 3
         self.gamma = terms * FP32_UNIT_ROUNDOFF / (1 - terms * FP32_UNIT_ROUNDOFF)
         self.all_rows = torch.arange(frames.shape[0])
