@@ -30,7 +30,7 @@ OnError = _choice("OnError", ("raise", "skip"))
 Normalize = _choice("Normalize", ("none", "utterance", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
 LayerReduction = _choice("LayerReduction", ("concat", "mean", "tokens"))
-SSLDtype = _choice("SSLDtype", ("float32", "bfloat16"))
+Dtype = _choice("Dtype", ("float32", "bfloat16"))  # bfloat16: autocast (CUDA, or CPUs with bf16 support)
 AbxDistance = _choice("AbxDistance", ("angular", "euclidean", "kl", "kl_symmetric"))
 FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
 LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
@@ -71,7 +71,7 @@ class FeatureConfig:
     layer: Any = 6
     # ssl, several layers: concat | mean | tokens (k-means: one codebook and one unit stream per layer)
     layer_reduction: LayerReduction = LayerReduction["concat"]
-    dtype: SSLDtype = SSLDtype["float32"]  # ssl: float32 | bfloat16 (autocast, for GPUs)
+    dtype: Dtype = Dtype["float32"]  # ssl: float32 | bfloat16 (autocast, for GPUs)
     chunk_s: float = 30.0  # ssl, encoder: longer audio runs in chunks of this length with 1 s of context each side
 
     def to_dict(self) -> dict:
@@ -149,6 +149,10 @@ class TrainEncoderConfig:
     checkpoint_every: int = 100
     keep_snapshots: bool = False  # also keep the model at each checkpoint (encoder/snapshots/stepNNNNNNN.safetensors)
     max_train_seconds: float = 3600.0  # audio held in memory for training (a capped subset of the data)
+    dtype: Dtype = Dtype["float32"]  # float32 | bfloat16 (autocast of the forward pass; weights stay float32)
+    # Each step's batch_size utterances are split over the torchrun ranks and, on each, into this many pieces
+    # whose gradients add up (less memory, the same update): batch_size must be a multiple of ranks x pieces.
+    micro_batches: int = 1
 
 
 @dataclass
@@ -260,7 +264,8 @@ CHOICES = {
     "train_encoder.lr_schedule": LrSchedule,
     "train_encoder.objective.front_end": FrontEnd,
     "features.layer_reduction": LayerReduction,
-    "features.dtype": SSLDtype,
+    "features.dtype": Dtype,
+    "train_encoder.dtype": Dtype,
     "evaluate.abx.distance": AbxDistance,
 }
 POSITIVE = (
@@ -274,7 +279,7 @@ AT_LEAST = {
     "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
     "codebook.max_train_frames": 1, "train_encoder.steps": 1, "train_encoder.batch_size": 1,
     "train_encoder.validate_every": 1, "train_encoder.checkpoint_every": 1, "train_encoder.weight_decay": 0,
-    "train_encoder.warmup_steps": 0,
+    "train_encoder.warmup_steps": 0, "train_encoder.micro_batches": 1,
     "train_encoder.validation_fraction": 0, "train_encoder.model.channels": 1, "train_encoder.model.code_dim": 1,
     "train_encoder.model.decoder_channels": 1, "train_encoder.quantizer.codebook_size": 1,
     "train_encoder.quantizer.num_codebooks": 1, "train_encoder.quantizer.dead_code_steps": 0,
@@ -365,6 +370,10 @@ def _check_objective(config: RunConfig) -> None:
         raise ConfigError(
             "train_encoder.objective.heads", objective.heads, f"must divide objective.dim={objective.dim}"
         )
+    from .encoder.train import check_parallel
+
+    # the ranks only where train_encoder runs (a k-means job under torchrun need not fit its batch)
+    check_parallel(config.train_encoder, None if "train_encoder" in config.stages or config.iteration.count else 1)
     quantizer = config.train_encoder.quantizer
     if objective.name == "contrastive" and quantizer.name != "gumbel":
         raise ConfigError("train_encoder.quantizer.name", quantizer.name, "the contrastive objective uses gumbel")

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 def run_iterations(config: RunConfig, run_dir: str | Path):
     """The last iteration's evaluation (a pipeline.RunSummary); iterations.json in run_dir."""
+    from .encoder.train import process_group
     from .pipeline import run
 
     root = RunFolder(run_dir)
@@ -46,6 +47,8 @@ def run_iterations(config: RunConfig, run_dir: str | Path):
         )
         rows.append(_row(number, trained, summary))
         log.info("%s", _describe(rows[-1]))
+    if process_group()[0] != 0:  # under torchrun the metrics are gathered on rank 0; the others have none
+        return summary
     fileio.write_json(root.iterations_summary, rows)
     log.info("iterations (units on %s):\n%s", config.data.path, "\n".join(_describe(r) for r in rows))
     return summary

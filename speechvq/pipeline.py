@@ -73,14 +73,15 @@ def run(config: RunConfig, run_dir: str | Path) -> RunSummary:
     folder = RunFolder(run_dir)
     folder.root.mkdir(parents=True, exist_ok=True)
     log.info("run folder %s, device %s, stages %s", folder.root, device, [str(s) for s in config.stages])
-    if distributed() and config.data.num_shards == 1 and "features" in config.stages:
-        return _run_by_rank(config, folder, device)
+    by_rank = distributed() and config.data.num_shards == 1 and "features" in config.stages
     seconds, results = {}, {}
     for stage in Stage:  # canonical order, whatever order the config lists them in
-        if stage in config.stages:
+        if stage in config.stages and not (by_rank and stage != Stage["train_encoder"]):
             start = time.perf_counter()
             results[stage.value] = _STAGES[stage](config, folder, device, False)
             seconds[stage.value] = time.perf_counter() - start
+    if by_rank:  # train_encoder (data parallel across the ranks) has run; the rest by shard
+        return _run_by_rank(config, folder, device, seconds)
     return _summary(folder, seconds, results)
 
 
@@ -110,7 +111,7 @@ def _summary(folder: RunFolder, seconds: dict, results: dict) -> RunSummary:
     return summary
 
 
-def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device) -> RunSummary:
+def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device, seconds: dict) -> RunSummary:
     """Under torchrun: rank r takes shard r of the data (fairseq's rule) into ranks/<r>/, k-means is trained
     across ranks on their own features, every rank quantizes its shard, rank 0 merges the shards into the run
     folder (with merge's checks), and evaluate scans each rank's shard and gathers the results on rank 0."""
@@ -120,7 +121,6 @@ def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device) -> 
     rank_config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_shards=world, shard_index=rank))
     trains = UNIT_KINDS.get(config.codebook.name).trains_codebook
     trained_here = "train" in config.stages and not config.codebook.path and trains
-    seconds: dict[str, float] = {}
     for stage in ("features", "train", "quantize"):
         if stage not in config.stages:
             continue

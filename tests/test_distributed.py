@@ -172,3 +172,31 @@ def test_distributed_kmeans_killed_mid_way_resumes_to_the_same_codebook(tmp_path
     assert f"distributed k-means: resumed after {resumed['resumed_after']} iterations" in rerun.stderr
     assert resumed["iterations"] == clean_result["iterations"] > resumed["resumed_after"]
     assert torch.equal(resumed["centroids"], clean_result["centroids"])
+
+
+def test_hubert_iterations_under_torchrun_train_the_encoder_across_ranks(dataset, tmp_path):
+    """experiment=hubert_iteration under torchrun: iteration 2's train_encoder runs data parallel (rank 0 writes the
+    model and validates), then features/k-means/quantize by rank, and rank 0 writes iterations.json."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "it"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "speechvq.run", "experiment=hubert_iteration", "iteration.count=2",
+         f"iteration.train_data={dataset}", f"data.path={dataset}", "data.alignments=null", "data.num_workers=0",
+         "train_encoder.steps=4", "train_encoder.batch_size=4", "train_encoder.segment_s=0.5",
+         "train_encoder.warmup_steps=1", "train_encoder.checkpoint_every=2", "train_encoder.validate_every=2",
+         "train_encoder.validation_fraction=0.2", "train_encoder.objective.dim=16", "train_encoder.objective.layers=1",
+         "train_encoder.objective.heads=2", "codebook.codebook_size=5", "codebook.n_init=1", "device=cpu",
+         f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 steps on cpu (2 process(es))" in done.stderr
+    rows = json.loads((run_dir / "iterations.json").read_text())
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[1]["train_encoder_s"] > 0
+    targets = run_dir / "iteration2/targets"
+    history = json.loads((targets / "encoder/checkpoint.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4] and "val_loss" in history[-1]
+    assert (targets / "loss_curve.png").exists()
+    for folder in (targets, run_dir / "iteration2/units"):
+        assert (folder / "ranks/000").is_dir() and (folder / "ranks/001").is_dir() and (folder / "units.jsonl").exists()

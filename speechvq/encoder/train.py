@@ -1,7 +1,13 @@
 """The training loop every objective shares. Each step's batch (which utterances, which crops, the masks, the
 Gumbel noise, the dead-code picks) comes from a generator seeded by (seed, step), so a run resumed from a
 checkpoint continues exactly as the uninterrupted run would have. The objective's model (OBJECTIVES) builds its
-own batch from the picked waveforms and returns its loss."""
+own batch from the picked waveforms and returns its loss.
+
+Data parallel under torchrun: every rank draws the same step's utterances, which are dealt into ranks x
+micro_batches pieces, each with a generator of its own; a rank runs its pieces and the gradients are summed over
+ranks (one all-reduce), so every rank takes the same optimizer step and holds the same weights. N ranks give the
+update of one process that splits the batch into N micro-batches, up to float addition order. Rank 0 alone
+validates and writes the checkpoints and the model."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import TrainEncoderConfig
@@ -39,7 +46,39 @@ def split_validation(num_utterances: int, fraction: float) -> tuple[list[int], l
 
 
 def config_record(config: TrainEncoderConfig, sample_rate: int) -> dict:
-    return {"train_encoder": dataclasses.asdict(config), "sample_rate": sample_rate}
+    """What a checkpoint must have been made with to be resumed. micro_batches is left out (it does not change the
+    update, so a run may resume with another split), dtype when float32 (records made before it existed match)."""
+    record = dataclasses.asdict(config)
+    del record["micro_batches"]
+    if record["dtype"] == "float32":
+        del record["dtype"]
+    return {"train_encoder": record, "sample_rate": sample_rate}
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size): torchrun's when a process group is up, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_parallel(config: TrainEncoderConfig, world: int | None = None) -> int:
+    """How many pieces each step's batch is split into (ranks x micro_batches); a ConfigError if it cannot be."""
+    world = process_group()[1] if world is None else world
+    pieces = world * config.micro_batches
+    if config.batch_size % pieces:
+        raise ConfigError(
+            "train_encoder.batch_size",
+            config.batch_size,
+            f"must be a multiple of {world} rank(s) x micro_batches={config.micro_batches}",
+        )
+    if world > 1 and config.objective.name == "reconstruction":
+        raise ConfigError(
+            "train_encoder.objective.name",
+            "reconstruction",
+            "its EMA codebook statistics are not synchronised across ranks: train it in one process",
+        )
+    return pieces
 
 
 def train_encoder_model(
@@ -59,6 +98,8 @@ def train_encoder_model(
             raise ConfigError(f"train_encoder.{key}", getattr(config, key), "must be at least 1")
     if len(waves) < 2:
         raise ConfigError("train_encoder", f"{len(waves)} utterances", "training needs at least 2 utterances")
+    check_parallel(config)
+    rank, _ = process_group()
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # parameter initialisation only; every later draw uses explicit generators
     model = OBJECTIVES.get(config.objective.name).from_config(config, sample_rate, num_units).to(device)
@@ -70,17 +111,18 @@ def train_encoder_model(
     started = time.perf_counter() - (history[-1].get("elapsed_s", 0.0) if history else 0.0)
     train_ids, val_ids = split_validation(len(waves), config.validation_fraction)
     segment = round(config.segment_s * sample_rate)
-    bar = tqdm(
-        range(first_step, config.steps), initial=first_step, total=config.steps, desc="train_encoder", disable=None
-    )
+    steps = range(first_step, config.steps)
+    bar = tqdm(steps, initial=first_step, total=config.steps, desc="train_encoder", disable=None if rank == 0 else True)
     model.train()
     for step in bar:
         entry = _train_step(model, optimizer, config, waves, labels, train_ids, segment, step, seed, device)
         entry["elapsed_s"] = round(time.perf_counter() - started, 3)
-        if val_ids and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
-            entry["val_loss"] = validate(model, waves, labels, val_ids, segment, config, device)
         history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
+        if rank != 0:
+            continue
+        if val_ids and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
+            entry["val_loss"] = validate(model, waves, labels, val_ids, segment, config, device)
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             _save_checkpoint(checkpoint, model, optimizer, step + 1, history, record)
             if config.keep_snapshots:
@@ -88,8 +130,11 @@ def train_encoder_model(
                 save_model(snapshot, model, record, step + 1, history)
     bar.close()
     model.eval()
-    save_model(out_dir / MODEL_FILE, model, record, config.steps, history)
-    _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
+    if rank == 0:
+        save_model(out_dir / MODEL_FILE, model, record, config.steps, history)
+        _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
+    if process_group()[1] > 1:
+        dist.barrier()  # no rank goes on to read the model before rank 0 has written it
     return model, history
 
 
@@ -137,20 +182,53 @@ def learning_rate_at(config: TrainEncoderConfig, step: int) -> float:
 
 def _train_step(model, optimizer, config, waves, labels, train_ids, segment, step, seed, device) -> dict:
     """One optimizer step on a batch drawn from a generator seeded by (seed, step); the history entry."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    device_generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    base_seed = seed * 1_000_003 + step
+    generator = torch.Generator().manual_seed(base_seed)
     picks = [train_ids[int(i)] for i in torch.randint(len(train_ids), (config.batch_size,), generator=generator)]
-    picked_labels = [labels[i] for i in picks] if labels is not None else None
-    loss, stats = model.training_loss(
-        [waves[i] for i in picks], picked_labels, segment, config, step, generator, device_generator, device
-    )
+    rank, world = process_group()
+    pieces = world * config.micro_batches
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for piece in range(rank * config.micro_batches, (rank + 1) * config.micro_batches):
+        # piece 0 goes on with the picks' generator, so one process without micro-batches draws as it always has
+        piece_seed = base_seed + piece * PIECE_SEED_STRIDE
+        piece_generator = generator if piece == 0 else torch.Generator().manual_seed(piece_seed)
+        device_generator = torch.Generator(device=device).manual_seed(piece_seed)
+        mine = picks[piece::pieces]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16"):
+            loss, stats = model.training_loss(
+                [waves[i] for i in mine],
+                [labels[i] for i in mine] if labels is not None else None,
+                segment, config, step, piece_generator, device_generator, device,
+            )  # fmt: skip
+        (loss / pieces).backward()
+        for key, value in {"loss": loss.item(), **stats}.items():
+            totals[key] = totals.get(key, 0.0) + float(value) / pieces
+    if world > 1:
+        totals = _sum_over_ranks(model, totals, device)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate_at(config, step)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
-    return {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), **stats}
+    return {"step": step + 1, **totals, "grad_norm": float(grad_norm)}
+
+
+PIECE_SEED_STRIDE = 1 << 40  # far from every other step's seed (steps differ by 1)
+
+
+def _sum_over_ranks(model: torch.nn.Module, totals: dict[str, float], device) -> dict[str, float]:
+    """Every rank's gradients (each already divided by the number of pieces) and history figures, summed: one
+    all-reduce of all gradients flattened, one of the figures (float64)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    figures = torch.tensor(list(totals.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(figures)
+    return dict(zip(totals, figures.tolist()))
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ def train_encoder(
 ) -> TrainedEncoder:
     """The audio (up to train.max_train_seconds) is held in memory: training crops are drawn from it."""
     from ..encoder import OBJECTIVES
-    from ..encoder.train import train_encoder_model
+    from ..encoder.train import process_group, train_encoder_model
 
     objective = OBJECTIVES.get(train.objective.name)
     targets, num_units = _targets(train, objective) if objective.needs_targets else (None, None)
@@ -55,11 +55,13 @@ def train_encoder(
             break
     if len(waves) < 2:
         raise EmptyDatasetError(source, "train_encoder needs at least 2 readable files (with targets, if any)")
-    log.info("train_encoder: %d utterances, %.1f s of audio, %d steps on %s", len(waves), seconds, train.steps, device)
+    log.info("train_encoder: %d utterances, %.1f s of audio, %d steps on %s (%d process(es))", len(waves), seconds,
+             train.steps, device, process_group()[1])  # fmt: skip
     _, history = train_encoder_model(
         train, waves, folder.encoder_dir, device, seed, rate, labels if targets is not None else None, num_units
     )
-    loss_curve_png(history, folder.loss_curve)
+    if process_group()[0] == 0:
+        loss_curve_png(history, folder.loss_curve)
     return TrainedEncoder(train.steps, history[-1]["loss"] if history else None)
 
 
