@@ -47,13 +47,21 @@ def record(section: str, method: str, seconds: float, **extra) -> None:
     print(f"  {section:<22} {method:<44} {seconds:8.3f} s  {details}", flush=True)
 
 
+# Idle time before each timed call. After a call, OpenBLAS' threads (faiss, numpy) busy-wait for about 2^28 cycles
+# each before they sleep, and when the next call keeps both cores busy they take that CPU time from it: measured on
+# the 2-core AMD EPYC, 10 Lloyd iterations at D=39 K=100 took 0.51-0.53 s right after faiss against 0.25 s after a
+# pause (faiss: 0.28-0.44 s either way). The pause lets every method start on a quiet machine, as it would alone.
+QUIET_S = 0.5
+
+
 def interleaved(methods: dict, repeats: int) -> dict:
-    """Every method once per round, `repeats` rounds, so drift of a shared machine hits all methods alike.
-    Returns {name: (median seconds, min, max, last output)}."""
+    """Every method once per round, `repeats` rounds, so drift of a shared machine hits all methods alike; each
+    timed call starts after QUIET_S of idle time. Returns {name: (median seconds, min, max, last output)}."""
     times = {name: [] for name in methods}
     outputs = {}
     for _ in range(repeats):
         for name, fn in methods.items():
+            time.sleep(QUIET_S)
             start = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - start)
@@ -224,6 +232,7 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
     }
     t_ours = record_codebooks(section, frames, interleaved(methods, repeats=3))
     if with_minibatch:
+        time.sleep(QUIET_S)
         start = time.perf_counter()
         mbk = MiniBatchKMeans(
             n_clusters=k,
