@@ -114,7 +114,8 @@ def _summary(folder: RunFolder, seconds: dict, results: dict) -> RunSummary:
 def _run_by_rank(config: RunConfig, folder: RunFolder, device: torch.device, seconds: dict) -> RunSummary:
     """Under torchrun: rank r takes shard r of the data (fairseq's rule) into ranks/<r>/, k-means is trained
     across ranks on their own features, every rank quantizes its shard, rank 0 merges the shards into the run
-    folder (with merge's checks), and evaluate scans each rank's shard and gathers the results on rank 0."""
+    folder (with merge's checks), and evaluate scans each rank's shard and gathers the results on rank 0.
+    seconds: the times of the stages already run (train_encoder, data parallel); this adds the others'."""
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     rank_folder = folder.rank(rank)
     rank_folder.root.mkdir(parents=True, exist_ok=True)
