@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import MissingArtifactError
-from .fileio import write_bytes, write_json
+from .fileio import remove_stale_temps, write_bytes, write_json
 from .records import FeatureMatrix
 
 INDEX_FILE = "index.json"
@@ -49,6 +49,7 @@ class FeatureWriter:
         self._writing: Future | None = None  # the part in flight: at most one
         folder.mkdir(parents=True, exist_ok=True)
         (folder / INDEX_FILE).unlink(missing_ok=True)  # the old index must not vouch for new parts
+        remove_stale_temps(folder)  # a killed run's half-written part; every file here is this writer's
 
     def add(self, features: FeatureMatrix) -> None:
         self.entries.append(StoredUtterance(features.utt_id, features.num_frames, self._part, self._pending_frames))

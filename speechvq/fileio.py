@@ -42,6 +42,16 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     _fsync_dir(path.parent)
 
 
+def remove_stale_temps(folder: str | Path, name: str = "*") -> list[Path]:
+    """Delete the temporary siblings that atomic_open left for files called `name` (a glob) in `folder`: a process
+    killed mid-write leaves its `.NAME.XXXXXXXX.tmp` behind. Call it where a stage starts (again) to write those
+    files, which no other process writes. Returns what was removed."""
+    removed = sorted(Path(folder).glob(f".{name}.*.tmp"))
+    for stale in removed:
+        stale.unlink(missing_ok=True)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not all file systems allow opening a folder.
     with contextlib.suppress(OSError):

@@ -1,7 +1,16 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from speechvq import fileio
+from speechvq.featstore import FeatureWriter
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_open_leaves_nothing_on_failure(tmp_path):
@@ -12,6 +21,35 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old complete content\n"  # the old file is untouched
     assert list(tmp_path.iterdir()) == [target]  # and no temporary file is left
+
+
+def test_a_write_killed_mid_way_leaves_a_temp_that_the_next_writer_removes(tmp_path):
+    """SIGKILL skips atomic_open's cleanup: the hidden temporary sibling stays (never under the final name), and a
+    features stage starting again in that folder deletes it; files it does not write are left alone."""
+    part = tmp_path / "features" / "part-00001.safetensors"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from speechvq.fileio import atomic_open\n"
+         "writing = atomic_open(sys.argv[1]); handle = writing.__enter__()\n"
+         "handle.write('half a part'); handle.flush(); print('writing', flush=True); time.sleep(60)", str(part)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout.readline().strip() == "writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    stale = list(part.parent.glob(".part-00001.safetensors.*.tmp"))
+    assert len(stale) == 1 and not part.exists()
+    (part.parent / "notes.tmp").write_text("not ours")  # not an atomic_open temp
+    FeatureWriter(part.parent, {}, 3, 100.0)
+    assert sorted(p.name for p in part.parent.iterdir()) == ["notes.tmp"]
+
+
+def test_remove_stale_temps_takes_only_the_named_files_temps(tmp_path):
+    names = [".a.km.x1y2.tmp", ".b.km.z3.tmp", "a.km", ".hidden", "c.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in fileio.remove_stale_temps(tmp_path, "a.km")] == [".a.km.x1y2.tmp"]
+    assert [p.name for p in fileio.remove_stale_temps(tmp_path)] == [".b.km.z3.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "a.km", "c.tmp"]
 
 
 def test_atomic_open_replaces_on_success(tmp_path):

@@ -40,6 +40,8 @@ def quantize_dataset(
     streams = [path.name for path in folder.streams(data.split, units_model.num_codebooks)]
     names = streams + [folder.units_jsonl.name] + ([folder.units_dedup_jsonl.name] if quantize.dedup else [])
     parts_dir = _parts_dir(folder, key)
+    for name in names:  # a killed run's half-written unit file (the parts folder goes whole when done)
+        fileio.remove_stale_temps(folder.root, name)
     done = 0
     with tqdm(total=len(store.utterances), desc="quantize", unit="utt", disable=None) as bar:
         for number, (entries, frames) in enumerate(store.iter_parts()):
