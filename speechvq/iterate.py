@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import fileio
 from .config import FeatureConfig, RunConfig, Stage
+from .ranks import process_group
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 def run_iterations(config: RunConfig, run_dir: str | Path):
     """The last iteration's evaluation (a pipeline.RunSummary); iterations.json in run_dir."""
-    from .encoder.train import process_group
     from .pipeline import run
 
     root = RunFolder(run_dir)

@@ -17,11 +17,11 @@ from .config import MergeConfig, RunConfig, Stage, check_config
 from .errors import ConfigError
 from .featstore import INDEX_FILE, FeatureStore
 from .features import FEATURES, build_extractor
+from .ranks import distributed
 from .report import format_report, summary_rows
 from .report_html import write_report
 from .run_folder import FileCounts, RunFolder
 from .stages import evaluate, extract_features, merge_shards, quantize_dataset, train_codebook, train_encoder
-from .stages.train import distributed
 from .units import UNIT_KINDS
 
 __all__ = ["RunSummary", "format_report", "resolve_device", "run"]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainEncoderConfig
 from ..errors import ConfigError
+from ..ranks import process_group
 from . import OBJECTIVES
 from .checkpoint import (
     CHECKPOINT_FILE,
@@ -53,13 +54,6 @@ def config_record(config: TrainEncoderConfig, sample_rate: int) -> dict:
     if record["dtype"] == "float32":
         del record["dtype"]
     return {"train_encoder": record, "sample_rate": sample_rate}
-
-
-def process_group() -> tuple[int, int]:
-    """(rank, world size): torchrun's when a process group is up, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def check_parallel(config: TrainEncoderConfig, world: int | None = None) -> int:
@@ -99,7 +93,7 @@ def train_encoder_model(
     if len(waves) < 2:
         raise ConfigError("train_encoder", f"{len(waves)} utterances", "training needs at least 2 utterances")
     check_parallel(config)
-    rank, _ = process_group()
+    rank, world = process_group()
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # parameter initialisation only; every later draw uses explicit generators
     model = OBJECTIVES.get(config.objective.name).from_config(config, sample_rate, num_units).to(device)
@@ -133,7 +127,7 @@ def train_encoder_model(
     if rank == 0:
         save_model(out_dir / MODEL_FILE, model, record, config.steps, history)
         _save_checkpoint(checkpoint, model, optimizer, config.steps, history, record)
-    if process_group()[1] > 1:
+    if world > 1:
         dist.barrier()  # no rank goes on to read the model before rank 0 has written it
     return model, history
 

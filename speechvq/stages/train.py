@@ -15,6 +15,7 @@ from ..config import CodebookConfig, DataConfig, FeatureConfig
 from ..errors import ConfigError
 from ..featstore import FeatureStore
 from ..manifest import shard
+from ..ranks import distributed
 from ..run_folder import RunFolder
 from ..units import UNIT_KINDS
 from .markers import already_done, features_key, mark_done, stage_key
@@ -27,14 +28,6 @@ class TrainedCodebook:
     fingerprint: str
     inertia: float
     num_iterations: int
-
-
-def distributed() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and (torch.distributed.get_world_size() > 1)
-    )
 
 
 def train_codebook(

@@ -15,6 +15,7 @@ from ..encoder.batches import targets_at_rate
 from ..errors import ConfigError, EmptyDatasetError
 from ..manifest import list_utterances
 from ..plots import loss_curve_png
+from ..ranks import process_group
 from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def train_encoder(
 ) -> TrainedEncoder:
     """The audio (up to train.max_train_seconds) is held in memory: training crops are drawn from it."""
     from ..encoder import OBJECTIVES
-    from ..encoder.train import process_group, train_encoder_model
+    from ..encoder.train import train_encoder_model
 
     objective = OBJECTIVES.get(train.objective.name)
     targets, num_units = _targets(train, objective) if objective.needs_targets else (None, None)
