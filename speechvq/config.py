@@ -419,6 +419,9 @@ def _check_combinations(config: RunConfig) -> None:
     required = UNIT_KINDS.get(config.codebook.name).required_features
     if required and f.name != required:
         raise ConfigError("codebook.name", config.codebook.name, f"works on features={required}, not {f.name}")
+    if required and f.normalize != "none":
+        reason = f"codebook={config.codebook.name} quantizes the frames its model made, not normalized ones"
+        raise ConfigError("features.normalize", f.normalize, reason)
     if "merge" in config.stages and not config.merge.inputs:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     _check_objective(config)

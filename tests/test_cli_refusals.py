@@ -56,6 +56,7 @@ CASES = [  # (override, key the error must name)
     ("evaluate.alignment_tolerance_frames=-1", "evaluate.alignment_tolerance_frames"),
     ("evaluate.resynthesize=-1", "evaluate.resynthesize"),
     ("codebook=encoder", "codebook.name"),  # the encoder's own quantizer without the encoder's features
+    ("features=encoder codebook=encoder features.normalize=utterance", "features.normalize"),  # not its frames
     ("stages=[merge]", "merge.inputs"),  # merge without the folder of shard runs
     ("codebook.codebok_size=10", "codebook.codebok_size"),  # a key that does not exist
     ("experiment=hubert_demo", "train_encoder.objective.targets"),  # masked prediction without its targets
@@ -77,8 +78,8 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("override,key", CASES, ids=[c[0] for c in CASES])
 def test_invalid_override_exits_2_naming_the_key(override, key, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["speechvq.run", override, f"hydra.run.dir={run_dir}", "data.num_workers=0"
-                                      if not override.startswith("data.num_workers") else "seed=0"])  # fmt: skip
+    workers = "data.num_workers=0" if not override.startswith("data.num_workers") else "seed=0"
+    monkeypatch.setattr(sys, "argv", ["speechvq.run", *override.split(), f"hydra.run.dir={run_dir}", workers])
     stderr = io.StringIO()
     with redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
         main()

@@ -224,3 +224,24 @@ def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(tmp_path):
     # Context matters: near the end of the first chunk, a context-free 1 s window gives other frames.
     alone = model.layer_features([long[:16000]], 2)[0]
     assert not torch.allclose(frames[45], alone[45], atol=1e-3)
+
+
+def test_utterance_normalization_is_over_the_whole_stitched_file(tmp_path):
+    """features.normalize=utterance on encoder frames: each file's stitched frames get zero mean and unit variance
+    over the whole file, alone or batched (once, the option was accepted and silently ignored; normalizing each
+    chunk on its own would also differ)."""
+    from speechvq.encoder.train import config_record, save_model
+    from speechvq.features import build_extractor, normalize_utterance
+
+    train = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction", dim=32, layers=2, heads=4))
+    torch.manual_seed(0)
+    model = MaskedPredictionModel.from_config(train, 16000, 7).eval()
+    save_model(tmp_path / "model.safetensors", model, {**config_record(train, 16000), "num_units": 7}, 0, [])
+    waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((3.3, 0.6))]
+    common = dict(name="encoder", checkpoint=str(tmp_path / "model.safetensors"), layer=2, chunk_s=1.0)
+    raw = build_extractor(FeatureConfig(**common)).extract_batch(waves)
+    normalized = build_extractor(FeatureConfig(**common, normalize="utterance"))
+    for frames, wave, plain in zip(normalized.extract_batch(waves), waves, raw):
+        torch.testing.assert_close(frames, normalize_utterance(plain), atol=1e-5, rtol=0)
+        torch.testing.assert_close(frames.mean(0), torch.zeros(32), atol=1e-4, rtol=0)
+        torch.testing.assert_close(normalized(wave), frames, atol=1e-4, rtol=0)

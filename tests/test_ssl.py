@@ -65,3 +65,15 @@ def test_bad_layer_and_missing_weights(hubert_weights, tmp_path):
         build_extractor(FeatureConfig(name="ssl", checkpoint=str(hubert_weights), layer=13))
     with pytest.raises(ConfigError, match="nothing is downloaded"):
         build_extractor(FeatureConfig(name="ssl", checkpoint=str(tmp_path / "none.safetensors")))
+
+
+def test_utterance_normalization_of_layer_features(hubert_weights):
+    """features.normalize=utterance: per-file zero mean and unit variance of the layer's frames (it was ignored)."""
+    from speechvq.features import normalize_utterance
+
+    waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((1.0, 0.43))]
+    raw = build_extractor(FeatureConfig(name="ssl", checkpoint=str(hubert_weights), layer=3)).extract_batch(waves)
+    config = FeatureConfig(name="ssl", checkpoint=str(hubert_weights), layer=3, normalize="utterance")
+    for frames, plain in zip(build_extractor(config).extract_batch(waves), raw):
+        torch.testing.assert_close(frames, normalize_utterance(plain), atol=1e-5, rtol=0)
+        assert frames.std(0, unbiased=False).sub(1).abs().max() < 1e-3

@@ -46,6 +46,12 @@ def normalize_utterance(frames: torch.Tensor, eps: float = 1e-5) -> torch.Tensor
     return (frames - mean) / (std + eps)
 
 
+def normalized_as_configured(frames: list[torch.Tensor], normalize: str) -> list[torch.Tensor]:
+    """features.normalize=utterance for the learned extractors, after each whole file's frames are stitched
+    (a chunk's own statistics would differ from the file's); "global" is the train stage's, on the codebook."""
+    return [normalize_utterance(f) for f in frames] if normalize == "utterance" else frames
+
+
 CONTEXT_S = 1.0  # context each side of a chunk of a long file
 BATCH_CHUNKS = 4  # a padded batch holds at most this many chunks of audio
 

@@ -7,7 +7,7 @@ import torch
 
 from ..config import FeatureConfig
 from ..errors import ConfigError
-from .base import batched_or_chunked, chunk_sizes
+from .base import batched_or_chunked, chunk_sizes, normalized_as_configured
 
 
 class EncoderExtractor:
@@ -48,7 +48,8 @@ class EncoderExtractor:
         if waveforms and next(self.model.parameters()).device != waveforms[0].device:
             self.model.to(waveforms[0].device)
         sizes = chunk_sizes(self.config, self.hop)
-        return batched_or_chunked(waveforms, self._forward, self.num_frames, self.hop, self.dim, sizes)
+        frames = batched_or_chunked(waveforms, self._forward, self.num_frames, self.hop, self.dim, sizes)
+        return normalized_as_configured(frames, self.config.normalize)
 
     def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.model.layer_features(waveforms, self.config.layer)

@@ -17,7 +17,7 @@ import torch
 
 from ..config import FeatureConfig
 from ..errors import ConfigError
-from .base import batched_or_chunked, chunk_sizes
+from .base import batched_or_chunked, chunk_sizes, normalized_as_configured
 from .ssl_checkpoint import SSL_MODELS, read_checkpoint
 
 __all__ = ["SSL_MODELS", "SSLExtractor"]
@@ -67,7 +67,8 @@ class SSLExtractor:
         forward passes of similar lengths, each long one in overlapping chunks, too-short ones as (0, dim)."""
         waveforms = [self._prepare(wave) for wave in waveforms]
         sizes = chunk_sizes(self.config, self.hop)
-        return batched_or_chunked(waveforms, self._forward, self.num_frames, self.hop, self.dim, sizes)
+        frames = batched_or_chunked(waveforms, self._forward, self.num_frames, self.hop, self.dim, sizes)
+        return normalized_as_configured(frames, self.config.normalize)
 
     def _prepare(self, wave: torch.Tensor) -> torch.Tensor:
         """On the model's device; zero mean and unit variance over the whole file where the model expects it
