@@ -33,6 +33,8 @@ from speechvq import pipeline  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("espeak", "fsdd")
+# A curve point needs PNMI and the probe only: skip the slower robustness, ABX and resynthesis parts.
+CURVE_EVALUATE = ("evaluate.robustness.num_files=0", "evaluate.abx.enabled=false", "evaluate.resynthesize=0")
 
 
 def training_minutes(folder: Path) -> float | None:
@@ -78,7 +80,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def curve_points(label: str, model_run: Path, layer: int, out: Path, every: int) -> list[dict]:
+def curve_points(label: str, model_run: Path, layer: int, out: Path, every: int, normalize: str) -> list[dict]:
     snapshots = sorted((model_run / "encoder/snapshots").glob("step*.safetensors"))
     snapshots = [s for s in snapshots if int(s.stem[len("step") :]) % every == 0]
     points = []
@@ -87,6 +89,7 @@ def curve_points(label: str, model_run: Path, layer: int, out: Path, every: int)
         overrides = [
             "features=encoder", f"features.checkpoint={model.resolve()}", f"features.layer={layer}",
             "codebook=kmeans", "codebook.codebook_size=100", "stages=[features,train,quantize,evaluate]",
+            f"features.normalize={normalize}", *CURVE_EVALUATE,
         ]  # fmt: skip
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             config = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--units", action="append", default=[], help="LABEL=RUN_FOLDER (a table row)")
     parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (a curve)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_units"))
+    parser.add_argument("--normalize", default="none", help="curve: features.normalize (none, utterance)")
     parser.add_argument("--snapshot-every", type=int, default=1, help="curve: only snapshots at multiples of this step")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,7 @@ def main() -> None:
     for spec in args.curve:
         label, target = spec.split("=", 1)
         model_run, layer = target.rsplit(":", 1)
-        points += curve_points(label, Path(model_run), int(layer), args.out, args.snapshot_every)
+        points += curve_points(label, Path(model_run), int(layer), args.out, args.snapshot_every, args.normalize)
     if points:
         reference = next((r for r in rows if r["training_min"] == 0.0), None)
         plot(points, reference, args.out / "pnmi_vs_minutes.png")
