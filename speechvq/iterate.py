@@ -11,6 +11,7 @@ Every sub-run is an ordinary run folder, so a killed iteration run resumes where
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def _row(number: int, trained, summary) -> dict:
     alignment = metrics.get("alignment", {})
     return {
         "iteration": number,
-        "train_encoder_s": trained.stage_seconds.get("train_encoder", 0.0),
+        "train_encoder_s": _training_seconds(trained.run_dir),
         "pnmi": alignment.get("pnmi"),
         "pnmi_groups": {g: s["pnmi"] for g, s in alignment.get("groups", {}).items()},
         "phone_purity": alignment.get("phone_purity"),
@@ -84,6 +85,13 @@ def _row(number: int, trained, summary) -> dict:
         "word_probe": metrics.get("word_probe", {}).get("accuracy"),
         "units_folder": str(summary.run_dir),
     }
+
+
+def _training_seconds(run_dir: Path) -> float:
+    """The model's own training time (its history's clock continues across resumes), not this process's: a
+    rerun that resumes or skips train_encoder would otherwise report seconds or nothing."""
+    meta = run_dir / "encoder" / "model.json"
+    return float(json.loads(meta.read_text())["final"].get("elapsed_s", 0.0)) if meta.exists() else 0.0
 
 
 def _describe(row: dict) -> str:

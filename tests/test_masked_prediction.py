@@ -195,6 +195,10 @@ def test_iterations_run_in_one_command_each_predicting_the_previous_units(datase
         assert json.loads((units / "units.meta.json").read_text())["codebook_fingerprint"] == codebook["fingerprint"]
     assert summary.run_dir == tmp_path / "it/iteration3/units"
     assert rows[1]["train_encoder_s"] > 0 and rows[0]["train_encoder_s"] == 0
+    # A rerun skips every finished stage and still reports each model's training time (once it reported 0).
+    pipeline.run(config, tmp_path / "it")
+    again = json.loads((tmp_path / "it/iterations.json").read_text())
+    assert [r["train_encoder_s"] for r in again] == [r["train_encoder_s"] for r in rows]
 
 
 def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(tmp_path):
