@@ -174,7 +174,7 @@ def test_killed_training_resumes_to_the_same_weights_and_its_codes_are_units(dat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # The model's own Gumbel codes (2 groups) read the front end: layer 0, and only layer 0.
-    own = ["codebook=encoder", "stages=[features,quantize]"]
+    own = ["codebook=encoder", "features.normalize=none", "stages=[features,quantize]"]
     refused = subprocess.run(command(dataset, killed, *own, "features.layer=1"), cwd=REPO, env=env,
                              capture_output=True, text=True)  # fmt: skip
     assert refused.returncode != 0 and "features.layer" in refused.stderr
