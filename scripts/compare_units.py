@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=1, help="curve: only snapshots at multiples of this step")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [row(label, Path(folder)) for label, folder in (spec.split("=", 1) for spec in args.units)]
+    # a label may hold "=" (the folder is after the last one)
+    rows = [row(label, Path(folder)) for label, folder in (spec.rsplit("=", 1) for spec in args.units)]
     table = markdown(rows)
     print(table)
     (args.out / "units_table.md").write_text(table + "\n")
