@@ -161,3 +161,25 @@ def test_killed_training_resumes_from_its_checkpoint_and_matches_an_uninterrupte
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     history = json.loads((killed_dir / "encoder" / "checkpoint.json").read_text())["history"]
     assert [h["step"] for h in history] == list(range(1, steps + 1))
+
+
+def test_seconds_cap_names_the_files_it_leaves_out(dataset, tmp_path, caplog):
+    """train_encoder.max_train_seconds stops reading audio once reached: the files after it are not trained on, and
+    the log says how many (once, only an INFO line's utterance count told, and a preset lost a fifth of its data)."""
+    import dataclasses
+    import logging
+
+    config = tiny_config(dataset, QuantizerConfig(name="vq_ema", codebook_size=8), steps=1)
+    config.stages = ["train_encoder"]
+    capped = dataclasses.replace(config, train_encoder=dataclasses.replace(config.train_encoder, max_train_seconds=2.0))
+    with caplog.at_level(logging.WARNING, logger="speechvq"):
+        pipeline.run(capped, tmp_path / "capped")
+    warnings = [r.getMessage() for r in caplog.records if "max_train_seconds" in r.getMessage()]
+    # 6 files of 0.6-1.35 s: 2 s are reached at the second or third file, whatever the listing order
+    assert len(warnings) == 1 and " of 6 files of " in warnings[0], warnings
+    loaded = int(warnings[0].split(" reached after ")[1].split(" of ")[0])
+    assert loaded in (2, 3) and f"the other {6 - loaded} " in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speechvq"):
+        pipeline.run(config, tmp_path / "all")
+    assert not [r for r in caplog.records if "max_train_seconds" in r.getMessage()]

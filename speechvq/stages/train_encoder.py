@@ -46,7 +46,7 @@ def train_encoder(
     if targets is not None:  # only utterances the target run has units for
         good = [u for u in good if u.utt_id in targets]
     rate = features.sample_rate
-    waves, labels, seconds = [], [], 0.0
+    waves, labels, seconds, checked_skips = [], [], 0.0, len(skipped)
     for waveform in iter_waveforms(good, rate, data.num_workers, data.on_error, skipped):
         waves.append(waveform.samples)
         if targets is not None:
@@ -56,6 +56,11 @@ def train_encoder(
             break
     if len(waves) < 2:
         raise EmptyDatasetError(source, "train_encoder needs at least 2 readable files (with targets, if any)")
+    left_out = len(good) - len(waves) - (len(skipped) - checked_skips)  # not read: the seconds cap was reached
+    if left_out:
+        log.warning("train_encoder: train_encoder.max_train_seconds=%g reached after %d of %d files of %s; the "
+                    "other %d (the last in listing order) are not trained on", train.max_train_seconds, len(waves),
+                    len(good), source, left_out)  # fmt: skip
     log.info("train_encoder: %d utterances, %.1f s of audio, %d steps on %s (%d process(es))", len(waves), seconds,
              train.steps, device, process_group()[1])  # fmt: skip
     _, history = train_encoder_model(
