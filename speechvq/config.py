@@ -67,7 +67,8 @@ class FeatureConfig:
     checkpoint: str | None = None  # encoder / ssl: model weights (encoder: a run folder works too)
     ssl_model: str = "hubert_base"  # ssl: architecture of a bare state dict (hubert|wav2vec2|wavlm _base|_large)
     # ssl, encoder: the layer whose output is the feature (0 = Transformer input / front end, L = layer L's output;
-    # ssl: transformers' hidden_states[L]). ssl also takes a list of layers, combined by layer_reduction.
+    # ssl: transformers' hidden_states[L]). ssl and encoder also take a list of layers, combined by layer_reduction
+    # (encoder: concat only).
     layer: Any = 6
     # ssl, several layers: concat | mean | tokens (k-means: one codebook and one unit stream per layer)
     layer_reduction: LayerReduction = LayerReduction["concat"]
@@ -344,12 +345,13 @@ def _check_families(config: RunConfig) -> None:
 
 
 def _check_layer(layer, features_name: str) -> None:
-    """An index >= 0; features=ssl also takes a non-empty list of them."""
+    """An index >= 0; features=ssl and features=encoder also take a non-empty list of them."""
     from .errors import ConfigError
 
-    layers = list(layer) if features_name == "ssl" and not isinstance(layer, int | str | float) else [layer]
+    takes_lists = features_name in ("ssl", "encoder")
+    layers = list(layer) if takes_lists and not isinstance(layer, int | str | float) else [layer]
     if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
-        allowed = "an index >= 0, or a non-empty list of them" if features_name == "ssl" else "an index >= 0"
+        allowed = "an index >= 0, or a non-empty list of them" if takes_lists else "an index >= 0"
         shown = layer if isinstance(layer, int | str | float) or layer is None else list(layer)
         raise ConfigError("features.layer", shown, f"must be {allowed}")
 

@@ -249,3 +249,34 @@ def test_utterance_normalization_is_over_the_whole_stitched_file(tmp_path):
         torch.testing.assert_close(frames, normalize_utterance(plain), atol=1e-5, rtol=0)
         torch.testing.assert_close(frames.mean(0), torch.zeros(32), atol=1e-4, rtol=0)
         torch.testing.assert_close(normalized(wave), frames, atol=1e-4, rtol=0)
+
+
+def test_a_list_of_layers_gives_them_side_by_side_from_one_pass(tmp_path):
+    """features.layer=[0, 2] on a Transformer encoder: each file's frames are layer 0's and layer 2's concatenated
+    (in that order), batched and chunked like one layer; CMVN over the concatenation equals CMVN of each part. The
+    conv VQ-VAE (one output) and reductions other than concat are refused by name."""
+    from speechvq.encoder.model import VQVAE
+    from speechvq.encoder.train import config_record, save_model
+    from speechvq.features import build_extractor
+
+    train = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction", dim=32, layers=2, heads=4))
+    torch.manual_seed(0)
+    model = MaskedPredictionModel.from_config(train, 16000, 7).eval()
+    path = str(tmp_path / "model.safetensors")
+    save_model(tmp_path / "model.safetensors", model, {**config_record(train, 16000), "num_units": 7}, 0, [])
+    waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((2.7, 0.6))]
+    for normalize in ("none", "utterance"):
+        common = dict(name="encoder", checkpoint=path, chunk_s=1.0, normalize=normalize)
+        parts = [build_extractor(FeatureConfig(**common, layer=layer)).extract_batch(waves) for layer in (2, 0)]
+        both = build_extractor(FeatureConfig(**common, layer=[2, 0]))
+        assert both.dim == 64
+        for frames, first, second in zip(both.extract_batch(waves), *parts):
+            torch.testing.assert_close(frames, torch.cat([first, second], dim=1), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="features.layer_reduction"):
+        build_extractor(FeatureConfig(name="encoder", checkpoint=path, layer=[0, 1], layer_reduction="mean"))
+    with pytest.raises(ConfigError, match="features.layer"):
+        build_extractor(FeatureConfig(name="encoder", checkpoint=path, layer=[0, 3]))
+    vqvae = TrainEncoderConfig()
+    save_model(tmp_path / "vqvae.safetensors", VQVAE.from_config(vqvae, 16000), config_record(vqvae, 16000), 0, [])
+    with pytest.raises(ConfigError, match="one output"):
+        build_extractor(FeatureConfig(name="encoder", checkpoint=str(tmp_path / "vqvae.safetensors"), layer=[0, 1]))

@@ -120,8 +120,16 @@ class TransformerEncoder(nn.Module):
             raise ConfigError("features.layer", layer, f"0 (front end) .. {len(self.layers.layers)} for this model")
 
     @torch.inference_mode()
-    def layer_features(self, waveforms: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
-        """Layer `layer` (1-based; 0 = the front end) of unmasked audio, one (frames, dim) tensor per waveform."""
+    def layer_features(self, waveforms: list[torch.Tensor], layer: int | list[int]) -> list[torch.Tensor]:
+        """Layer `layer` (1-based; 0 = the front end) of unmasked audio, one (frames, dim) tensor per waveform; a
+        list of layers gives their outputs side by side (frames, dim * len(layer)), from one forward pass."""
+        wanted = [layer] if isinstance(layer, int) else list(layer)
         x, valid = self.front_end(waveforms)
-        out = x if layer == 0 else self.context(x, valid, layer)
+        outputs = [x]
+        if max(wanted):
+            h = self.position(x, valid)
+            for block in self.layers.layers[: max(wanted)]:
+                h = block(h, src_key_padding_mask=~valid)
+                outputs.append(h)
+        out = torch.cat([outputs[i] for i in wanted], dim=-1)
         return [out[i, : int(n)].float() for i, n in enumerate(valid.sum(1))]

@@ -16,6 +16,7 @@ class EncoderExtractor:
 
     def __init__(self, config: FeatureConfig):
         from ..encoder.checkpoint import load_encoder
+        from ..encoder.transformer import TransformerEncoder
 
         if not config.checkpoint:
             raise ConfigError(
@@ -30,8 +31,14 @@ class EncoderExtractor:
             raise ConfigError(
                 "features.sample_rate", config.sample_rate, f"the encoder was trained at {self.meta['sample_rate']} Hz"
             )
-        self.model.check_layer(config.layer)
-        self.dim = self.model.feature_dim
+        self.layers = [config.layer] if isinstance(config.layer, int) else [int(layer) for layer in config.layer]
+        for layer in self.layers:
+            self.model.check_layer(layer)
+        if len(self.layers) > 1 and not isinstance(self.model, TransformerEncoder):
+            raise ConfigError("features.layer", self.layers, "the conv VQ-VAE has one output: name one layer")
+        if len(self.layers) > 1 and config.layer_reduction != "concat":
+            raise ConfigError("features.layer_reduction", config.layer_reduction, "features=encoder concatenates")
+        self.dim = self.model.feature_dim * len(self.layers)
         self.frame_rate_hz = self.model.frame_rate_hz
         self.hop = round(config.sample_rate / self.frame_rate_hz)  # samples per frame
 
@@ -52,7 +59,7 @@ class EncoderExtractor:
         return normalized_as_configured(frames, self.config.normalize)
 
     def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.model.layer_features(waveforms, self.config.layer)
+        return self.model.layer_features(waveforms, self.layers if len(self.layers) > 1 else self.layers[0])
 
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         return self.extract_batch([samples])[0]
