@@ -90,7 +90,7 @@ def _row(number: int, trained, summary) -> dict:
 def _training_seconds(run_dir: Path) -> float:
     """The model's own training time (its history's clock continues across resumes), not this process's: a
     rerun that resumes or skips train_encoder would otherwise report seconds or nothing."""
-    meta = run_dir / "encoder" / "model.json"
+    meta = RunFolder(run_dir).encoder_model.with_suffix(".json")
     return float(json.loads(meta.read_text())["final"].get("elapsed_s", 0.0)) if meta.exists() else 0.0
 
 

@@ -148,7 +148,7 @@ class VQVAE(nn.Module):
         return self.encoder.num_frames(num_samples)
 
     @torch.inference_mode()
-    def layer_features(self, waveforms: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
+    def layer_features(self, waveforms: list[torch.Tensor], layer: int | list[int]) -> list[torch.Tensor]:
         """The pre-quantization frames of each waveform (the conv encoder has one output; layer is ignored)."""
         device = next(self.parameters()).device
         return [

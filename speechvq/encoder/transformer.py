@@ -100,13 +100,19 @@ class TransformerEncoder(nn.Module):
         valid = torch.arange(padded.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
         return padded, valid
 
-    def context(self, x: torch.Tensor, valid: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
-        """The output of Transformer layer num_layers (all layers and the final norm when None)."""
-        x = self.position(x, valid)
-        layers = self.layers.layers if num_layers is None else self.layers.layers[:num_layers]
-        for layer in layers:
-            x = layer(x, src_key_padding_mask=~valid)
-        return self.final_norm(x) if num_layers is None else x
+    def context(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The context network's output: all layers, then the final norm."""
+        return self.final_norm(self.hidden_states(x, valid, len(self.layers.layers))[-1])
+
+    def hidden_states(self, x: torch.Tensor, valid: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        """[the front end's frames x, layer 1's output, ..., layer num_layers' output] (no final norm)."""
+        states = [x]
+        if num_layers:
+            h = self.position(x, valid)
+            for layer in self.layers.layers[:num_layers]:
+                h = layer(h, src_key_padding_mask=~valid)
+                states.append(h)
+        return states
 
     def masked_input(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
@@ -125,11 +131,6 @@ class TransformerEncoder(nn.Module):
         list of layers gives their outputs side by side (frames, dim * len(layer)), from one forward pass."""
         wanted = [layer] if isinstance(layer, int) else list(layer)
         x, valid = self.front_end(waveforms)
-        outputs = [x]
-        if max(wanted):
-            h = self.position(x, valid)
-            for block in self.layers.layers[: max(wanted)]:
-                h = block(h, src_key_padding_mask=~valid)
-                outputs.append(h)
-        out = torch.cat([outputs[i] for i in wanted], dim=-1)
+        states = self.hidden_states(x, valid, max(wanted))
+        out = torch.cat([states[i] for i in wanted], dim=-1)
         return [out[i, : int(n)].float() for i, n in enumerate(valid.sum(1))]

@@ -59,7 +59,7 @@ class EncoderExtractor:
         return normalized_as_configured(frames, self.config.normalize)
 
     def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.model.layer_features(waveforms, self.layers if len(self.layers) > 1 else self.layers[0])
+        return self.model.layer_features(waveforms, self.layers)
 
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
         return self.extract_batch([samples])[0]
