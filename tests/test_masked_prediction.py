@@ -201,19 +201,27 @@ def test_iterations_run_in_one_command_each_predicting_the_previous_units(datase
     assert [r["train_encoder_s"] for r in again] == [r["train_encoder_s"] for r in rows]
 
 
-def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(tmp_path):
-    """features=encoder with chunk_s=1: frames [50k, 50k + 50) of a 3.3 s file come from the model run on samples
-    [16000 (k - 1), 16000 (k + 2)) (1 s of context each side, clipped to the file), so attention never spans more
-    than 3 s; a short file batched with it is unaffected. A stitching offset, a lost context or a missing last
-    chunk all show."""
+@pytest.fixture
+def saved_model(tmp_path):
+    """A 2-layer, 32-d masked-prediction model saved as a features=encoder checkpoint: (model, path)."""
     from speechvq.encoder.train import config_record, save_model
-    from speechvq.features import build_extractor
 
     train = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction", dim=32, layers=2, heads=4))
     torch.manual_seed(0)
     model = MaskedPredictionModel.from_config(train, 16000, 7).eval()
     save_model(tmp_path / "model.safetensors", model, {**config_record(train, 16000), "num_units": 7}, 0, [])
-    config = FeatureConfig(name="encoder", checkpoint=str(tmp_path / "model.safetensors"), layer=2, chunk_s=1.0)
+    return model, str(tmp_path / "model.safetensors")
+
+
+def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(saved_model):
+    """features=encoder with chunk_s=1: frames [50k, 50k + 50) of a 3.3 s file come from the model run on samples
+    [16000 (k - 1), 16000 (k + 2)) (1 s of context each side, clipped to the file), so attention never spans more
+    than 3 s; a short file batched with it is unaffected. A stitching offset, a lost context or a missing last
+    chunk all show."""
+    from speechvq.features import build_extractor
+
+    model, path = saved_model
+    config = FeatureConfig(name="encoder", checkpoint=path, layer=2, chunk_s=1.0)
     extractor = build_extractor(config)
     long, short = torch.from_numpy(speechlike(3.3, 16000, 4)), torch.from_numpy(speechlike(0.6, 16000, 5))
     frames, short_frames = extractor.extract_batch([long, short])
@@ -230,19 +238,14 @@ def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(tmp_path):
     assert not torch.allclose(frames[45], alone[45], atol=1e-3)
 
 
-def test_utterance_normalization_is_over_the_whole_stitched_file(tmp_path):
+def test_utterance_normalization_is_over_the_whole_stitched_file(saved_model):
     """features.normalize=utterance on encoder frames: each file's stitched frames get zero mean and unit variance
     over the whole file, alone or batched (once, the option was accepted and silently ignored; normalizing each
     chunk on its own would also differ)."""
-    from speechvq.encoder.train import config_record, save_model
     from speechvq.features import build_extractor, normalize_utterance
 
-    train = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction", dim=32, layers=2, heads=4))
-    torch.manual_seed(0)
-    model = MaskedPredictionModel.from_config(train, 16000, 7).eval()
-    save_model(tmp_path / "model.safetensors", model, {**config_record(train, 16000), "num_units": 7}, 0, [])
     waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((3.3, 0.6))]
-    common = dict(name="encoder", checkpoint=str(tmp_path / "model.safetensors"), layer=2, chunk_s=1.0)
+    common = dict(name="encoder", checkpoint=saved_model[1], layer=2, chunk_s=1.0)
     raw = build_extractor(FeatureConfig(**common)).extract_batch(waves)
     normalized = build_extractor(FeatureConfig(**common, normalize="utterance"))
     for frames, wave, plain in zip(normalized.extract_batch(waves), waves, raw):
@@ -251,7 +254,7 @@ def test_utterance_normalization_is_over_the_whole_stitched_file(tmp_path):
         torch.testing.assert_close(normalized(wave), frames, atol=1e-4, rtol=0)
 
 
-def test_a_list_of_layers_gives_them_side_by_side_from_one_pass(tmp_path):
+def test_a_list_of_layers_gives_them_side_by_side_from_one_pass(saved_model, tmp_path):
     """features.layer=[0, 2] on a Transformer encoder: each file's frames are layer 0's and layer 2's concatenated
     (in that order), batched and chunked like one layer; CMVN over the concatenation equals CMVN of each part. The
     conv VQ-VAE (one output) and reductions other than concat are refused by name."""
@@ -259,11 +262,7 @@ def test_a_list_of_layers_gives_them_side_by_side_from_one_pass(tmp_path):
     from speechvq.encoder.train import config_record, save_model
     from speechvq.features import build_extractor
 
-    train = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction", dim=32, layers=2, heads=4))
-    torch.manual_seed(0)
-    model = MaskedPredictionModel.from_config(train, 16000, 7).eval()
-    path = str(tmp_path / "model.safetensors")
-    save_model(tmp_path / "model.safetensors", model, {**config_record(train, 16000), "num_units": 7}, 0, [])
+    path = saved_model[1]
     waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((2.7, 0.6))]
     for normalize in ("none", "utterance"):
         common = dict(name="encoder", checkpoint=path, chunk_s=1.0, normalize=normalize)
