@@ -211,29 +211,42 @@ def nearest_cpu(
 
 
 def nearest_two_cpu(
-    frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int, frames_sq: torch.Tensor | None = None
+    frames: torch.Tensor,
+    centroids: torch.Tensor,
+    chunk_size: int,
+    frames_sq: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As nearest_cpu (the same labels and distances), and the squared distance to the second nearest centroid
-    (inf with one centroid; equal to the nearest's on a tie)."""
-    return _sweep(frames, centroids, chunk_size, frames_sq, with_second=True)
+    (inf with one centroid; equal to the nearest's on a tie). rows: only these frames (int64 indices, results in
+    their order), gathered a chunk at a time into a buffer the GEMM then reads from cache: a gather of all of them
+    at once wrote and re-read the whole selection (at D=768 it cost as much as the GEMM it saved)."""
+    return _sweep(frames, centroids, chunk_size, frames_sq, with_second=True, rows=rows)
 
 
-def _sweep(frames, centroids, chunk_size, frames_sq, with_second: bool):
+def _sweep(frames, centroids, chunk_size, frames_sq, with_second: bool, rows: torch.Tensor | None = None):
     frames, centroids = frames.detach().to(torch.float32).contiguous(), centroids.detach()
     frames_sq = row_sq_norms(frames) if frames_sq is None else frames_sq.to(torch.float32).contiguous()
+    if rows is not None:
+        frames_sq = frames_sq[rows]
     centroid_sq = centroids.square().sum(dim=1, keepdim=True)
-    num_frames = frames.shape[0]
+    num_frames = frames.shape[0] if rows is None else rows.numel()
+    chunk_size = min(chunk_size, max(num_frames, 1))
     indices = torch.empty(num_frames, dtype=torch.long)
     sq_dists = torch.empty(num_frames, dtype=torch.float32)
     second_sq = torch.empty(num_frames if with_second else 0, dtype=torch.float32)
-    index32 = np.empty(min(chunk_size, num_frames), dtype=np.int32)
+    index32 = np.empty(chunk_size, dtype=np.int32)
     # One distance buffer for all chunks: a fresh (K, chunk) tensor per chunk costs its page faults every time.
-    buffer = torch.empty(centroids.shape[0] * min(chunk_size, num_frames), dtype=torch.float32)
+    buffer = torch.empty(centroids.shape[0] * chunk_size, dtype=torch.float32)
+    gathered = torch.empty((chunk_size, frames.shape[1]) if rows is not None else (0,), dtype=torch.float32)
     out_indices, out_sq, out_second, norms = indices.numpy(), sq_dists.numpy(), second_sq.numpy(), frames_sq.numpy()
     for start in range(0, num_frames, chunk_size):
-        chunk = frames[start : start + chunk_size]
-        end = start + chunk.shape[0]
-        dists = buffer[: centroids.shape[0] * chunk.shape[0]].view(centroids.shape[0], chunk.shape[0])
+        end = min(start + chunk_size, num_frames)
+        if rows is None:
+            chunk = frames[start:end]
+        else:
+            chunk = torch.index_select(frames, 0, rows[start:end], out=gathered[: end - start])
+        dists = buffer[: centroids.shape[0] * (end - start)].view(centroids.shape[0], end - start)
         torch.addmm(centroid_sq, centroids, chunk.T, alpha=-2.0, out=dists)  # (codebook_size, chunk), contiguous
         if with_second:
             _nearest_two_in_chunk(

@@ -12,6 +12,7 @@ from speechvq.codebook.kmeans import lloyd
 
 CHUNK = 1000
 kmeans_module = importlib.import_module("speechvq.codebook.kmeans")  # the package re-exports kmeans()
+bounds_module = importlib.import_module("speechvq.codebook.bounds")
 
 
 def full_assignment(frames, centroids):
@@ -100,20 +101,49 @@ def test_the_rounding_bound_holds_for_the_gemm_distances():
     assert (error > bound / 1000).any()
 
 
-def test_lloyd_with_bounds_gives_the_codebook_of_lloyd_without(monkeypatch):
+@pytest.mark.parametrize("bounds_on", ["large codebook", "warm start"])
+def test_lloyd_with_bounds_gives_the_codebook_of_lloyd_without(monkeypatch, bounds_on):
     """Lloyd's centroids are a function of the labels alone (no empty cluster here), so with and without bounds they
-    must be equal to the bit; the inertias differ only in how the distances are summed."""
+    must be equal to the bit; the inertias differ only in how the distances are summed. The bounds come on for a
+    codebook of BOUNDS_MIN_CODEBOOK or more, or for a warm start (k-means' polish after its sample phase)."""
     g = torch.Generator().manual_seed(3)
     centres = torch.randn(60, 24, generator=g) * 3
     frames = centres[torch.randint(60, (8000,), generator=g)] + torch.randn(8000, 24, generator=g)
     start = frames[torch.randperm(8000, generator=g)[:50]].clone()
-    runs = {}
-    for threshold in (1, 10**9):  # bounds on, off
-        monkeypatch.setattr(kmeans_module, "BOUNDS_MIN_CODEBOOK", threshold)
-        runs[threshold] = lloyd(frames, start, max_iter=15, tol=0.0)
-    assert torch.equal(runs[1].centroids, runs[10**9].centroids)
-    torch.testing.assert_close(runs[1].inertia_history, runs[10**9].inertia_history, rtol=1e-6, atol=0)
-    assert len(runs[1].inertia_history) > 5
+    monkeypatch.setattr(kmeans_module, "BOUNDS_MIN_CODEBOOK", 10**9)
+    without = lloyd(frames, start, max_iter=15, tol=0.0)
+    if bounds_on == "large codebook":
+        monkeypatch.setattr(kmeans_module, "BOUNDS_MIN_CODEBOOK", 1)
+    made = []
+    monkeypatch.setattr(bounds_module, "BoundedAssignment", lambda *a: made.append(BoundedAssignment(*a)) or made[-1])
+    bounded = lloyd(frames, start, max_iter=15, tol=0.0, warm_start=bounds_on == "warm start")
+    assert torch.equal(bounded.centroids, without.centroids)
+    torch.testing.assert_close(bounded.inertia_history, without.inertia_history, rtol=1e-6, atol=0)
+    assert len(bounded.inertia_history) > 5
+    assert len(made) == 1 and made[0].skipped > 0  # the bounds ran and skipped frames
+
+
+def test_kmeans_polishes_with_bounds_after_its_sample_phase(monkeypatch):
+    """Enough frames for a sample phase: the full-data Lloyd starts warm and takes the bounds at K=20."""
+    g = torch.Generator().manual_seed(5)
+    frames = torch.randn(30, 6, generator=g)[torch.randint(30, (30_000,), generator=g)] + torch.randn(30_000, 6)
+    assert kmeans_module.sample_sizes(30_000, 20)[1] < 30_000
+    made = []
+    monkeypatch.setattr(bounds_module, "BoundedAssignment", lambda *a: made.append(BoundedAssignment(*a)) or made[-1])
+    kmeans_module.kmeans(frames, 20, generator=torch.Generator().manual_seed(0))
+    assert [m.frames.shape[0] for m in made] == [30_000]
+
+
+def test_nearest_two_of_chosen_rows_equals_nearest_two_of_those_rows_alone():
+    """rows: the frames gathered a chunk at a time give what the same frames give as a tensor of their own."""
+    g = torch.Generator().manual_seed(4)
+    frames, centroids = torch.randn(5000, 40, generator=g), torch.randn(70, 40, generator=g)
+    rows = torch.randperm(5000, generator=g)[:1234].sort().values
+    chosen = cpu_kernels.nearest_two_cpu(frames, centroids, 300, rows=rows)
+    alone = cpu_kernels.nearest_two_cpu(frames[rows], centroids, 300)
+    for got, expected in zip(chosen, alone):
+        assert torch.equal(got, expected)
+    assert chosen[0].shape == (1234,)
 
 
 @pytest.mark.parametrize("codebook_size", [1, 2, 3, 4, 5, 100])  # both remainders of the 2-row sweep

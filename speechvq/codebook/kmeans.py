@@ -78,6 +78,7 @@ def kmeans(
         else:
             start = _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision)
             history = []
+        warm = bool(history) or sample_sizes(frames.shape[0], codebook_size)[1] < frames.shape[0]
 
         def offer(centroids, so_far, restart=restart, best=best):  # best: the finished restarts' winner
             checkpointer.save(KMeansState(restart, centroids, list(so_far), generator.get_state(), best))
@@ -93,6 +94,7 @@ def kmeans(
             precision=precision,
             history=history,
             on_iteration=offer if checkpointer else None,
+            warm_start=warm,
         )
         log.info(
             "k-means restart %d/%d: inertia %.6g after %d iterations on all frames",
@@ -214,18 +216,22 @@ def lloyd(
     frames_of: LocalFrames | None = None,
     history: list[float] | None = None,
     on_iteration: Callable[[torch.Tensor, list[float]], None] | None = None,
+    warm_start: bool = False,
 ) -> KMeansResult:
     """Lloyd iterations from the given centroids until no label changes or the relative inertia gain drops
     below tol. frames_of: where the frames are (this process by default; all ranks under torchrun). history:
     the inertias of iterations already run (a resumed run); on_iteration(centroids, history) after each
-    iteration that does not end the run."""
+    iteration that does not end the run. warm_start: the centroids are near a minimum already (k-means' coarse phase
+    converged on a sample, or a resumed run), so few labels change per step and Hamerly's bounds pay at any codebook
+    size (_assignment)."""
     frames_of = frames_of or LocalFrames()
     codebook_size = centroids.shape[0]
     history = list(history or [])
     converged = False
     # Training tolerates a rare near-tie flip: plain TF32 is 2x the exact-label fp16 kernel at D=768 (H200).
     assign = "tf32" if precision == "fast" else "exact"
-    nearest = _assignment(frames, codebook_size, chunk_size, assign)
+    bounded = frames.device.type == "cpu" and (warm_start or codebook_size >= BOUNDS_MIN_CODEBOOK)
+    nearest = _assignment(frames, codebook_size, chunk_size, assign, bounded)
     labels, sq_dists = nearest(centroids)
     bar = tqdm(total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False)
     for _ in range(max_iter - len(history)):
@@ -247,11 +253,11 @@ def lloyd(
     return KMeansResult(centroids, history[-1], len(history), converged, history)
 
 
-def _assignment(frames: torch.Tensor, codebook_size: int, chunk_size: int | None, assign: str) -> Callable:
-    """centroids -> (labels, squared distances) of all frames. On the CPU with a large codebook, with Hamerly's
-    bounds (codebook.bounds): the same labels without a distance GEMM for the frames that cannot have changed."""
-    frames_sq = _row_sq_norms(frames)  # once, not once per iteration
-    if frames.device.type == "cpu" and codebook_size >= BOUNDS_MIN_CODEBOOK:
+def _assignment(frames, codebook_size: int, chunk_size: int | None, assign: str, bounded: bool) -> Callable:
+    """centroids -> (labels, squared distances) of all frames; bounded (CPU only): with Hamerly's bounds
+    (codebook.bounds), the same labels without a distance GEMM for the frames that cannot have changed."""
+    frames_sq = _row_sq_norms(frames)  # once per assignment method, not once per iteration
+    if bounded:
         from .bounds import BoundedAssignment  # imports cpu_kernels (numba), which k-means loads anyway
 
         chunk_size = chunk_size or default_chunk_size(frames.device, frames.shape[1], codebook_size)
@@ -261,7 +267,10 @@ def _assignment(frames: torch.Tensor, codebook_size: int, chunk_size: int | None
 
 # The bounds cost a pass over the frames per step and save a share of a GEMM whose cost grows with the codebook
 # (scripts/bench.py frames, Lloyd from k-means++ seeds, 2-core Xeon): a loss at K <= 250 (-12 % at D=768 K=250,
-# -15 % at D=39 K=100), a gain from K=500 up (+4 % at D=39, +12 % at D=768; 1.9x at D=768 K=1000).
+# -15 % at D=39 K=100), a gain from K=500 up (+4 % at D=39, +12 % at D=768; 1.9x at D=768 K=1000). From a warm
+# start they pay at K=100 too: k-means' full-data phase at D=39, 216k frames, 2-core AMD EPYC, 3 seeds: -13 to -16 %
+# of the whole fit (9-23 iterations), while Lloyd from random frames lost 30 %. (Switching to the bounds once a step
+# changed under 2-10 % of the labels made no difference beyond this VM's noise: not done.)
 BOUNDS_MIN_CODEBOOK = 500
 
 
