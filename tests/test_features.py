@@ -121,3 +121,23 @@ def test_long_files_are_processed_in_slices_with_the_same_result():
     torch.testing.assert_close(sliced[1], whole, atol=1e-5, rtol=0)
     torch.testing.assert_close(sliced[0], extractor(wave[:8000]), atol=1e-5, rtol=0)
     torch.testing.assert_close(whole, fairseq_mfcc(wave, 16000), atol=1e-4, rtol=0)
+
+
+def test_cpu_passes_follow_the_l2_cache_linux_reports():
+    """One frame per KiB of L2 per thread, at most 1,024: the size read from sysfs equals what glibc's getconf
+    reads from the CPU (a unit parsed wrongly, '512K' as 512, would give 0-frame passes)."""
+    import shutil
+    import subprocess
+
+    from speechvq.features.mfcc import _l2_cache_bytes
+
+    getconf = shutil.which("getconf")
+    if getconf is None:
+        pytest.skip("no getconf on this machine")
+    reported = subprocess.run([getconf, "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout.strip()
+    if not reported.isdigit() or int(reported) == 0:
+        pytest.skip(f"getconf reports no L2 size here ({reported!r})")
+    assert _l2_cache_bytes() == int(reported)
+    extractor = build_extractor(FeatureConfig())
+    per_thread = extractor._frames_per_pass(torch.device("cpu")) // torch.get_num_threads()
+    assert per_thread == min(1024, int(reported) // 1024)
