@@ -218,9 +218,9 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
     fit = kmeans(frames, k, generator=torch.Generator().manual_seed(0), max_iter=100, tol=1e-4, n_init=1)
     x = np.ascontiguousarray(frames.numpy())
 
-    def faiss_fit(max_points):
-        km = faiss.Kmeans(x.shape[1], k, niter=fit.num_iterations, seed=1, max_points_per_centroid=max_points)
-        km.train(x)
+    def faiss_fit(max_points, niter=fit.num_iterations, start=None):
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=1, max_points_per_centroid=max_points)
+        km.train(x, init_centroids=start)
         return km.centroids
 
     methods = {
@@ -230,6 +230,11 @@ def bench_kmeans(frames: torch.Tensor, k: int, label: str, with_minibatch: bool)
         f"faiss.Kmeans, all points (niter={fit.num_iterations})": lambda: faiss_fit(x.shape[0] // k + 1),
         f"faiss.Kmeans, default 256 pts/centroid (niter={fit.num_iterations})": lambda: faiss_fit(256),
     }
+    if fit.sample_iterations:
+        # speechvq's own schedule, iteration for iteration: Lloyd on a 256-frame-per-centroid sample, then on all
+        # frames from those centroids (only the k-means++ seeding, which faiss does not have, is not mirrored).
+        schedule = f"faiss.Kmeans, same schedule ({fit.sample_iterations} on 256 pts/centroid + {fit.num_iterations})"
+        methods[schedule] = lambda: faiss_fit(x.shape[0] // k + 1, start=faiss_fit(256, fit.sample_iterations))
     t_ours = record_codebooks(section, frames, interleaved(methods, repeats=3))
     if with_minibatch:
         time.sleep(QUIET_S)

@@ -130,8 +130,10 @@ def test_kmeans_polishes_with_bounds_after_its_sample_phase(monkeypatch):
     assert kmeans_module.sample_sizes(30_000, 20)[1] < 30_000
     made = []
     monkeypatch.setattr(bounds_module, "BoundedAssignment", lambda *a: made.append(BoundedAssignment(*a)) or made[-1])
-    kmeans_module.kmeans(frames, 20, generator=torch.Generator().manual_seed(0))
+    fit = kmeans_module.kmeans(frames, 20, generator=torch.Generator().manual_seed(0))
     assert [m.frames.shape[0] for m in made] == [30_000]
+    assert fit.sample_iterations > 1  # reported, for scripts/bench.py's same-schedule peer
+    assert kmeans_module.kmeans(frames[:5000], 20, generator=torch.Generator()).sample_iterations == 0
 
 
 def test_nearest_two_of_chosen_rows_equals_nearest_two_of_those_rows_alone():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -26,6 +26,7 @@ class KMeansResult:
     num_iterations: int  # Lloyd iterations of the winning restart
     converged: bool
     inertia_history: list[float] = field(default_factory=list)  # per iteration, winning restart
+    sample_iterations: int = 0  # Lloyd iterations on k-means' sample before the full-data ones (0: none run here)
 
 
 @dataclass
@@ -73,10 +74,12 @@ def kmeans(
     for restart in range(resumed.restart if resumed else 0, n_init):
         if resumed is not None and restart == resumed.restart:
             generator.set_state(resumed.generator_state)
-            start, history = resumed.centroids.to(frames.device), list(resumed.history)
+            start, history, sample_iterations = resumed.centroids.to(frames.device), list(resumed.history), 0
             log.info("k-means restart %d/%d: resumed after %d iterations", restart + 1, n_init, len(history))
         else:
-            start = _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision)
+            start, sample_iterations = _coarse_start(
+                frames, codebook_size, generator, max_iter, tol, chunk_size, precision
+            )
             history = []
         warm = bool(history) or sample_sizes(frames.shape[0], codebook_size)[1] < frames.shape[0]
 
@@ -96,12 +99,14 @@ def kmeans(
             on_iteration=offer if checkpointer else None,
             warm_start=warm,
         )
+        result = replace(result, sample_iterations=sample_iterations)
         log.info(
-            "k-means restart %d/%d: inertia %.6g after %d iterations on all frames",
+            "k-means restart %d/%d: inertia %.6g after %d iterations on all frames (%d on a sample before)",
             restart + 1,
             n_init,
             result.inertia,
             result.num_iterations,
+            result.sample_iterations,
         )
         if best is None or result.inertia < best.inertia:
             best = result
@@ -123,19 +128,21 @@ def _check_arguments(frames, codebook_size: int, max_iter: int, n_init: int, chu
     check_chunk_size(chunk_size)
 
 
-def _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision) -> torch.Tensor:
-    """Starting centroids for Lloyd on all frames. On a large set, seed with k-means++ on a small uniform sample
-    (like MiniBatchKMeans' init_size) and converge Lloyd on a larger one (256 frames per centroid, faiss'
-    default sample), so the full-data iterations only polish: most of the work is done on the sample."""
+def _coarse_start(frames, codebook_size, generator, max_iter, tol, chunk_size, precision) -> tuple[torch.Tensor, int]:
+    """Starting centroids for Lloyd on all frames, and the Lloyd iterations run on a sample to find them. On a large
+    set, seed with k-means++ on a small uniform sample (like MiniBatchKMeans' init_size) and converge Lloyd on a
+    larger one (256 frames per centroid, faiss' default sample), so the full-data iterations only polish: most of
+    the work is done on the sample."""
     num_frames = frames.shape[0]
     seed_count, sample = sample_sizes(num_frames, codebook_size)
     order = torch.randperm(num_frames, generator=generator, device=generator.device).to(frames.device)
     centroids = kmeans_plusplus(frames[order[:seed_count]], codebook_size, generator=generator)
-    if sample < num_frames:
-        centroids = lloyd(
-            frames[order[:sample]], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, precision=precision
-        ).centroids
-    return centroids
+    if sample == num_frames:
+        return centroids, 0
+    coarse = lloyd(
+        frames[order[:sample]], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, precision=precision
+    )
+    return coarse.centroids, coarse.num_iterations
 
 
 def sample_sizes(num_frames: int, codebook_size: int) -> tuple[int, int]:
