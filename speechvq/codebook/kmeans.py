@@ -77,11 +77,10 @@ def kmeans(
             start, history, sample_iterations = resumed.centroids.to(frames.device), list(resumed.history), 0
             log.info("k-means restart %d/%d: resumed after %d iterations", restart + 1, n_init, len(history))
         else:
+            history = []
             start, sample_iterations = _coarse_start(
                 frames, codebook_size, generator, max_iter, tol, chunk_size, precision
             )
-            history = []
-        warm = bool(history) or sample_sizes(frames.shape[0], codebook_size)[1] < frames.shape[0]
 
         def offer(centroids, so_far, restart=restart, best=best):  # best: the finished restarts' winner
             checkpointer.save(KMeansState(restart, centroids, list(so_far), generator.get_state(), best))
@@ -97,16 +96,12 @@ def kmeans(
             precision=precision,
             history=history,
             on_iteration=offer if checkpointer else None,
-            warm_start=warm,
+            warm_start=bool(history) or sample_iterations > 0,
         )
         result = replace(result, sample_iterations=sample_iterations)
         log.info(
             "k-means restart %d/%d: inertia %.6g after %d iterations on all frames (%d on a sample before)",
-            restart + 1,
-            n_init,
-            result.inertia,
-            result.num_iterations,
-            result.sample_iterations,
+            *(restart + 1, n_init, result.inertia, result.num_iterations, sample_iterations),
         )
         if best is None or result.inertia < best.inertia:
             best = result
