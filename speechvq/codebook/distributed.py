@@ -65,7 +65,7 @@ def distributed_kmeans(
 
     return lloyd(local_frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, frames_of=AllRanks(),
                  history=history, on_iteration=offer if checkpointer else None,
-                 warm_start=bool(history) or sample_sizes(total, codebook_size)[1] < total)  # fmt: skip
+                 warm_start=sample_sizes(total, codebook_size)[1] < total)  # fmt: skip
 
 
 def _resumed_state(checkpointer, codebook_size: int, local_frames: torch.Tensor):

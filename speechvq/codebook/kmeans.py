@@ -96,7 +96,8 @@ def kmeans(
             precision=precision,
             history=history,
             on_iteration=offer if checkpointer else None,
-            warm_start=bool(history) or sample_iterations > 0,
+            warm_start=sample_sizes(frames.shape[0], codebook_size)[1] < frames.shape[0],  # not bool(history): a
+            # resumed run must take the path the uninterrupted one took (their distances are summed differently)
         )
         result = replace(result, sample_iterations=sample_iterations)
         log.info(
@@ -224,7 +225,7 @@ def lloyd(
     below tol. frames_of: where the frames are (this process by default; all ranks under torchrun). history:
     the inertias of iterations already run (a resumed run); on_iteration(centroids, history) after each
     iteration that does not end the run. warm_start: the centroids are near a minimum already (k-means' coarse phase
-    converged on a sample, or a resumed run), so few labels change per step and Hamerly's bounds pay at any codebook
+    converged on a sample), so few labels change per step and Hamerly's bounds pay at any codebook
     size (_assignment)."""
     frames_of = frames_of or LocalFrames()
     codebook_size = centroids.shape[0]
