@@ -2,17 +2,24 @@
 
 torch's row-wise `min(dim=1)` with indices is a scalar loop in ATen: at K=100 it took longer than the GEMM that
 made the distances (amin, without indices, is vectorized, but the index is what we need). So MKL writes each
-chunk's distances codeword-major, (K, frames), and a small numba kernel sweeps the K rows keeping a running best
-value and index per frame. Its inner loop runs over contiguous frames with branch-free selects, which LLVM turns
-into SIMD compares and blends; four codeword rows per sweep cut the loads and stores of the running values by four.
-Strict `<` keeps the first of equal distances, as torch.argmin does. numba comes with librosa already.
+chunk's distances codeword-major, (K, frames), and a small numba kernel sweeps the K rows keeping a running best,
+second best and index per frame. Its inner loop runs over contiguous frames with branch-free selects, which LLVM
+turns into SIMD compares and blends; four codeword rows per sweep cut the loads and stores of the running values by
+four. Strict `<` keeps the first of equal distances, as torch.argmin does. numba comes with librosa already.
+
+Labels are the float64 argmin's: the fp32 expansion rounds by up to 2 gamma_{D+3} (|x|^2 + |c|^2) per distance
+(quantize.gemm_gamma), more than some frames' gap between their two nearest centroids when the norms are large (MFCC
+c0 is in the hundreds; on the bench's D=768 frames 1 in 100,000 labels differed on the AMD EPYC's MKL). A frame whose
+two best GEMM distances are within twice that bound is re-ranked over the centroids within it by directly summed
+float64 distances. The second best costs the sweep 5-40 % more (56 vs 40 us per 4,096 frames at K=100), a few
+percent of the GEMM's time at D=39 and under 1 % at D=768; the re-ranking touches a handful of frames.
 
 numba's import and first call cost about a second per process (LLVM starts, the cached machine code is loaded),
 so this module is imported lazily: by k-means, which makes many passes, and by nearest_codewords once a process has
-asked for enough distances to pay for it (quantize.CPU_KERNELS_MIN_DISTANCES). Distances come from the same
-products as torch's path (quantize._gemm_nearest: one GEMM in two layouts, bit-identical on MKL) and ties go to the
-first codeword in both, so the labels do not depend on the path; the returned distances may differ in their last
-bits (the frame norms are summed in another order: torch's square().sum(dim=1) took 5x longer at D=768).
+asked for enough distances to pay for it (quantize.CPU_KERNELS_MIN_DISTANCES). torch's path (quantize._gemm_nearest)
+re-ranks the same near ties, so both give the float64 argmin and the labels do not depend on the path; the returned
+distances may differ in their last bits (the frame norms are summed in another order: torch's square().sum(dim=1)
+took 5x longer at D=768).
 (A start-up in a background thread was tried: a DataLoader worker forked while it ran deadlocked.)"""
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+
+from .quantize import gemm_gamma, largest_sq_norm
 
 
 def _compiled(**options):
@@ -36,51 +45,17 @@ def _compiled(**options):
 
 
 @_compiled()
-def _running_argmin(dists, best, index):  # pragma: no cover - compiled; tested through nearest_cpu
-    """dists (K, n) float32 C-contiguous; writes best (n,) float32, the smallest value of each column, and index
-    (n,) int32, the first row that holds it."""
-    num_rows, n = dists.shape
-    for col in range(n):
-        best[col] = dists[0, col]
-        index[col] = 0
-    row = 1
-    while row + 4 <= num_rows:
-        row0, row1, row2, row3 = dists[row], dists[row + 1], dists[row + 2], dists[row + 3]
-        k0, k1, k2, k3 = np.int32(row), np.int32(row + 1), np.int32(row + 2), np.int32(row + 3)
-        for col in range(n):
-            b, i = best[col], index[col]
-            v = row0[col]
-            take = v < b
-            b, i = (v if take else b), (k0 if take else i)
-            v = row1[col]
-            take = v < b
-            b, i = (v if take else b), (k1 if take else i)
-            v = row2[col]
-            take = v < b
-            b, i = (v if take else b), (k2 if take else i)
-            v = row3[col]
-            take = v < b
-            best[col], index[col] = (v if take else b), (k3 if take else i)
-        row += 4
-    while row < num_rows:
-        values, k = dists[row], np.int32(row)
-        for col in range(n):
-            v, b = values[col], best[col]
-            take = v < b
-            best[col], index[col] = (v if take else b), (k if take else index[col])
-        row += 1
-
-
-@_compiled()
 def _running_top2(dists, best, second, index):  # pragma: no cover - compiled; tested through nearest_two_cpu
-    """As _running_argmin, and also second (n,) float32: the smallest value of each column other than the one at
-    index (equal to best when the column holds a tie). Two rows per sweep: the running values stay in registers."""
+    """dists (K, n) float32 C-contiguous; writes best (n,) float32, the smallest value of each column, index (n,)
+    int32, the first row that holds it, and second (n,), the smallest value other than the one at index (equal to
+    best on a tie; inf with one row). Four rows per sweep cut the loads and stores of the running values by four."""
     num_rows, n = dists.shape
     for col in range(n):
         best[col], second[col], index[col] = dists[0, col], np.inf, 0
     row = 1
-    while row + 2 <= num_rows:
-        row0, row1, k0, k1 = dists[row], dists[row + 1], np.int32(row), np.int32(row + 1)
+    while row + 4 <= num_rows:
+        row0, row1, row2, row3 = dists[row], dists[row + 1], dists[row + 2], dists[row + 3]
+        k0, k1, k2, k3 = np.int32(row), np.int32(row + 1), np.int32(row + 2), np.int32(row + 3)
         for col in range(n):
             b, s, i = best[col], second[col], index[col]
             v = row0[col]
@@ -88,25 +63,64 @@ def _running_top2(dists, best, second, index):  # pragma: no cover - compiled; t
             s, b, i = (b if take else min(s, v)), (v if take else b), (k0 if take else i)
             v = row1[col]
             take = v < b
-            second[col], best[col], index[col] = (b if take else min(s, v)), (v if take else b), (k1 if take else i)
-        row += 2
-    if row < num_rows:
+            s, b, i = (b if take else min(s, v)), (v if take else b), (k1 if take else i)
+            v = row2[col]
+            take = v < b
+            s, b, i = (b if take else min(s, v)), (v if take else b), (k2 if take else i)
+            v = row3[col]
+            take = v < b
+            second[col], best[col], index[col] = (b if take else min(s, v)), (v if take else b), (k3 if take else i)
+        row += 4
+    while row < num_rows:
         values, k = dists[row], np.int32(row)
         for col in range(n):
             v, b = values[col], best[col]
             take = v < b
             second[col] = b if take else min(second[col], v)
             best[col], index[col] = (v if take else b), (k if take else index[col])
+        row += 1
 
 
 @_compiled()
-def _nearest_two_in_chunk(dists, frames_sq, sq_dists, second_sq, indices, index32):  # pragma: no cover - compiled
-    """As _nearest_in_chunk, and the second smallest squared distance of each column into second_sq (n,)."""
+def _nearest_two_in_chunk(
+    dists, frames, centroids, frames_sq, gamma, largest_sq, sq_dists, second_sq, indices, index32
+):  # pragma: no cover - compiled
+    """The nearest centroid of each column of dists (K, n), the partial distances |c|^2 - 2 x.c of the frames (n, D):
+    its index into indices (n,) int64 and its squared distance into sq_dists, the second smallest into second_sq
+    (both with frames_sq added, clamped at zero against rounding). Where the two smallest are closer than the GEMM's
+    rounding can blur (4 gamma (|x|^2 + max|c|^2), twice the bound on one distance's error), the fp32 order proves
+    nothing: such a frame takes the float64 argmin of the directly summed distances to every centroid within that
+    bound of the smallest (its sq_dists the winner's, its second_sq the smallest GEMM distance, a safe lower bound
+    on every other). So labels are the float64 argmin's, ties to the first centroid. Returns how many were re-ranked."""
     _running_top2(dists, sq_dists, second_sq, index32)
+    reranked = 0
     for col in range(sq_dists.shape[0]):
-        sq_dists[col] = max(sq_dists[col] + frames_sq[col], np.float32(0.0))
-        second_sq[col] = max(second_sq[col] + frames_sq[col], np.float32(0.0))
+        best, second, norm = np.float64(sq_dists[col]), np.float64(second_sq[col]), frames_sq[col]
+        sq_dists[col] = max(sq_dists[col] + norm, np.float32(0.0))
+        second_sq[col] = max(second_sq[col] + norm, np.float32(0.0))
+        margin = 4 * gamma * (np.float64(norm) + largest_sq)
+        if second - best <= margin:
+            second_sq[col] = sq_dists[col]
+            index32[col], sq_dists[col] = _float64_argmin(dists, col, best + margin, frames[col], centroids)
+            reranked += 1
         indices[col] = index32[col]
+    return reranked
+
+
+@_compiled()
+def _float64_argmin(dists, col, limit, frame, centroids):  # pragma: no cover - compiled
+    """Among the rows whose partial distance in column col is at most limit: the first with the smallest float64
+    squared distance to frame, summed directly (the float32 differences and their squares are exact in float64)."""
+    winner, winner_sq = np.int32(0), np.inf
+    for row in range(dists.shape[0]):
+        if dists[row, col] <= limit:
+            total = 0.0
+            for d in range(frame.shape[0]):
+                diff = np.float64(frame[d]) - np.float64(centroids[row, d])
+                total += diff * diff
+            if total < winner_sq:
+                winner, winner_sq = np.int32(row), total
+    return winner, np.float32(winner_sq)
 
 
 @_compiled(fastmath={"reassoc", "contract"})
@@ -158,16 +172,6 @@ def _take_labels(
         sq_dists[row] = _direct_sq_dist(frames[row], centroids[found[i]])
 
 
-@_compiled()
-def _nearest_in_chunk(dists, frames_sq, sq_dists, indices, index32):  # pragma: no cover - compiled
-    """The argmin of each column of dists (K, n) into indices (n,) int64, and its squared distance, the
-    partial distance plus frames_sq and clamped at zero against rounding, into sq_dists (n,)."""
-    _running_argmin(dists, sq_dists, index32)
-    for col in range(sq_dists.shape[0]):
-        sq_dists[col] = max(sq_dists[col] + frames_sq[col], np.float32(0.0))
-        indices[col] = index32[col]
-
-
 @_compiled(fastmath={"reassoc", "contract"})
 def _row_sq_norms(frames, out):  # pragma: no cover - compiled
     # Reassociation lets LLVM vectorize each row's sum: 5x torch's square().sum(dim=1) at D=768.
@@ -204,9 +208,10 @@ def row_sq_norms(frames: torch.Tensor) -> torch.Tensor:
 def nearest_cpu(
     frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int, frames_sq: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices int64, squared distances float32) of each frame's nearest centroid; fp32 GEMM distances.
-    ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, and the argmin does not need ||x||^2, so it is added after."""
-    indices, sq_dists, _ = _sweep(frames, centroids, chunk_size, frames_sq, with_second=False)
+    """(indices int64, squared distances float32) of each frame's nearest centroid: the float64 argmin (ties to the
+    first), from fp32 GEMM distances, ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2 (the argmin does not need ||x||^2, so
+    it is added after), with the frames whose two best are within the GEMM's rounding re-ranked in float64."""
+    indices, sq_dists, _ = _sweep(frames, centroids, chunk_size, frames_sq)
     return indices, sq_dists
 
 
@@ -217,29 +222,32 @@ def nearest_two_cpu(
     frames_sq: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As nearest_cpu (the same labels and distances), and the squared distance to the second nearest centroid
-    (inf with one centroid; equal to the nearest's on a tie). rows: only these frames (int64 indices, results in
-    their order), gathered a chunk at a time into a buffer the GEMM then reads from cache: a gather of all of them
-    at once wrote and re-read the whole selection (at D=768 it cost as much as the GEMM it saved)."""
-    return _sweep(frames, centroids, chunk_size, frames_sq, with_second=True, rows=rows)
+    """As nearest_cpu (the same labels and distances), and a lower bound on the squared distance to every other
+    centroid: the second smallest GEMM distance (inf with one centroid; equal to the nearest's on a tie), or for a
+    re-ranked frame the smallest. rows: only these frames (int64 indices, results in their order), gathered a chunk
+    at a time into a buffer the GEMM then reads from cache: a gather of all of them at once wrote and re-read the
+    whole selection (at D=768 it cost as much as the GEMM it saved)."""
+    return _sweep(frames, centroids, chunk_size, frames_sq, rows)
 
 
-def _sweep(frames, centroids, chunk_size, frames_sq, with_second: bool, rows: torch.Tensor | None = None):
-    frames, centroids = frames.detach().to(torch.float32).contiguous(), centroids.detach()
+def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None = None):
+    frames, centroids = frames.detach().to(torch.float32).contiguous(), centroids.detach().contiguous()
     frames_sq = row_sq_norms(frames) if frames_sq is None else frames_sq.to(torch.float32).contiguous()
     if rows is not None:
         frames_sq = frames_sq[rows]
     centroid_sq = centroids.square().sum(dim=1, keepdim=True)
+    gamma, largest_sq = gemm_gamma(frames.shape[1]), largest_sq_norm(centroids)
     num_frames = frames.shape[0] if rows is None else rows.numel()
     chunk_size = min(chunk_size, max(num_frames, 1))
     indices = torch.empty(num_frames, dtype=torch.long)
     sq_dists = torch.empty(num_frames, dtype=torch.float32)
-    second_sq = torch.empty(num_frames if with_second else 0, dtype=torch.float32)
+    second_sq = torch.empty(num_frames, dtype=torch.float32)
     index32 = np.empty(chunk_size, dtype=np.int32)
     # One distance buffer for all chunks: a fresh (K, chunk) tensor per chunk costs its page faults every time.
     buffer = torch.empty(centroids.shape[0] * chunk_size, dtype=torch.float32)
     gathered = torch.empty((chunk_size, frames.shape[1]) if rows is not None else (0,), dtype=torch.float32)
     out_indices, out_sq, out_second, norms = indices.numpy(), sq_dists.numpy(), second_sq.numpy(), frames_sq.numpy()
+    codewords = centroids.numpy()
     for start in range(0, num_frames, chunk_size):
         end = min(start + chunk_size, num_frames)
         if rows is None:
@@ -248,16 +256,11 @@ def _sweep(frames, centroids, chunk_size, frames_sq, with_second: bool, rows: to
             chunk = torch.index_select(frames, 0, rows[start:end], out=gathered[: end - start])
         dists = buffer[: centroids.shape[0] * (end - start)].view(centroids.shape[0], end - start)
         torch.addmm(centroid_sq, centroids, chunk.T, alpha=-2.0, out=dists)  # (codebook_size, chunk), contiguous
-        if with_second:
-            _nearest_two_in_chunk(
-                dists.numpy(), norms[start:end], out_sq[start:end], out_second[start:end], out_indices[start:end],
-                index32[: end - start],
-            )  # fmt: skip
-        else:
-            _nearest_in_chunk(
-                dists.numpy(), norms[start:end], out_sq[start:end], out_indices[start:end], index32[: end - start]
-            )
-    return indices, sq_dists, (second_sq if with_second else None)
+        _nearest_two_in_chunk(
+            dists.numpy(), chunk.numpy(), codewords, norms[start:end], gamma, largest_sq, out_sq[start:end],
+            out_second[start:end], out_indices[start:end], index32[: end - start],
+        )  # fmt: skip
+    return indices, sq_dists, second_sq
 
 
 def bounds_pass(frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists):

@@ -2,8 +2,9 @@
 on the CPU in a vectorized numba sweep (cpu_kernels), or on CUDA for small dimensions a fused Triton kernel that
 never writes the distance matrix.
 
-precision="exact" (default) is fp32 throughout; "tf32" (CUDA) is a plain TF32 GEMM + argmin. precision="fast"
-(CUDA, large dims) is gpu_kernels.fused_nearest_fp16: fp16 tensor-core products with a running top-2 in
+precision="exact" (default) is fp32 GEMMs with the frames whose two best distances are within the GEMM's rounding
+bound re-ranked in float64, so labels are the float64 argmin's; "tf32" (CUDA) is a plain TF32 GEMM + argmin.
+precision="fast" (CUDA, large dims) is gpu_kernels.fused_nearest_fp16: fp16 tensor-core products with a running top-2 in
 registers, and every frame whose two best distances are within the products' proven error bound re-ranked with
 split products, then in exact fp32, so its labels are those of the exact computation. Without Triton, "fast"
 falls back to a TF32 GEMM with a heuristic re-rank margin (_tf32_top2_rerank). Speed and agreement are measured
@@ -106,23 +107,58 @@ def _gemm_nearest(
     tf32: bool = False,
     frames_sq: torch.Tensor | None = None,
 ):
+    """torch's path: (indices, squared distances) from one GEMM per chunk. fp32 (exact): the float64 argmin, as
+    cpu_kernels gives it (frames whose two best are within the GEMM's rounding re-ranked in float64); tf32: plain."""
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; the argmin does not need ||x||^2, so add it after the min.
     centroid_sq = centroids.square().sum(dim=1)
     indices = torch.empty(frames.shape[0], dtype=torch.long, device=frames.device)
     sq_dists = torch.empty(frames.shape[0], dtype=torch.float32, device=frames.device)
+    gamma, largest_sq = gemm_gamma(frames.shape[1]), largest_sq_norm(centroids)
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         for start in range(0, frames.shape[0], chunk_size):
             chunk = frames[start : start + chunk_size].to(torch.float32)
+            rows = slice(start, start + chunk.shape[0])
             partial = torch.addmm(centroid_sq, chunk, centroids.T, alpha=-2.0)  # (chunk, codebook_size)
-            best, best_index = partial.min(dim=1)
-            indices[start : start + chunk.shape[0]] = best_index
-            norms = frames_sq[start : start + chunk.shape[0]] if frames_sq is not None else chunk.square().sum(dim=1)
-            sq_dists[start : start + chunk.shape[0]] = (best + norms).clamp_(min=0.0)
+            norms = frames_sq[rows] if frames_sq is not None else chunk.square().sum(dim=1)
+            if tf32 or centroids.shape[0] == 1:
+                best, best_index = partial.min(dim=1)
+            else:
+                two = partial.topk(2, dim=1, largest=False)  # sorted: the best, then the second
+                best, best_index = two.values[:, 0], two.indices[:, 0]
+                margin = 4 * gamma * (norms.double() + largest_sq)
+                near = ((two.values[:, 1] - best).double() <= margin).nonzero().squeeze(1)
+            indices[rows] = best_index
+            sq_dists[rows] = (best + norms).clamp_(min=0.0)
+            if not tf32 and centroids.shape[0] > 1 and near.numel():
+                indices[start + near], sq_dists[start + near] = _float64_nearest(chunk[near], centroids)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     return indices, sq_dists
+
+
+def _float64_nearest(frames: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 argmin (first of equal distances) and its squared distance as float32, for a few frames."""
+    x, c = frames.double(), centroids.double()
+    sq = torch.addmm(c.square().sum(dim=1), x, c.T, alpha=-2.0) + x.square().sum(dim=1, keepdim=True)
+    best, index = sq.min(dim=1)
+    return index, best.clamp_(min=0.0).float()
+
+
+FP32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def gemm_gamma(dim: int) -> float:
+    """gamma_{D+3} of fp32: the fp32 distance ||x||^2 - 2 x.c + ||c||^2 from a GEMM is off by at most
+    2 gamma (|x|^2 + |c|^2) (the dot-product bound with the two norms and the additions), whatever the GEMM's
+    order. Two distances closer than twice that can be in either order."""
+    terms = dim + 3
+    return terms * FP32_UNIT_ROUNDOFF / (1 - terms * FP32_UNIT_ROUNDOFF)
+
+
+def largest_sq_norm(centroids: torch.Tensor) -> float:
+    return float(centroids.double().square().sum(dim=1).max()) if centroids.numel() else 0.0
 
 
 def _tf32_top2_rerank(frames: torch.Tensor, centroids: torch.Tensor, chunk_size: int):

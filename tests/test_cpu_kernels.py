@@ -106,3 +106,35 @@ print(labels.tolist())
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["[1,", "0,", "0]"]
+
+
+@pytest.mark.parametrize("offset", [300.0, 3000.0])
+def test_labels_are_the_float64_argmin_where_fp32_gemm_order_is_wrong(offset):
+    """Far from the origin the fp32 expansion |x|^2 - 2 x.c + |c|^2 rounds by more than some frames' gap between
+    their two nearest centroids, and its argmin then picks the farther one (the teeth: it does here, on dozens of
+    frames). Every path re-ranks those near ties in float64: the numba kernels (with and without the second
+    distance, chosen rows), torch's path, and nearest_codewords; exact ties still go to the first centroid."""
+    from speechvq.quantize import _gemm_nearest, gemm_gamma, nearest_codewords
+
+    g = torch.Generator().manual_seed(int(offset))
+    centroids = offset + torch.randn(20, 16, generator=g)
+    centroids = torch.cat([centroids, centroids[:3]])  # exact ties: the copies must never win
+    frames = offset + torch.randn(30_000, 16, generator=g)
+    exact = (frames.double()[:, None] - centroids.double()[None]).square().sum(dim=2)
+    expected_sq, expected = exact.min(dim=1)
+    fp32 = torch.addmm(centroids.square().sum(dim=1), frames, centroids.T, alpha=-2.0).argmin(dim=1)
+    assert (fp32 != expected).sum() > 10
+    # A GEMM distance is within 2 gamma (|x|^2 + max |c|^2) of the exact one.
+    rounding = 2 * gemm_gamma(16) * (frames.double().square().sum(dim=1) + centroids.double().square().sum(1).max())
+    for labels, sq in [
+        cpu_kernels.nearest_cpu(frames, centroids, 1000),
+        _gemm_nearest(frames, centroids, 1000),
+        nearest_codewords(frames, centroids),
+    ]:
+        assert torch.equal(labels, expected)
+        assert ((sq.double() - expected_sq).abs() <= rounding).all()
+    rows = torch.arange(0, 30_000, 3)
+    labels, sq, second = cpu_kernels.nearest_two_cpu(frames, centroids, 1000, rows=rows)
+    assert torch.equal(labels, expected[rows])
+    others = exact[rows].scatter(1, labels[:, None], float("inf")).min(dim=1).values
+    assert (second.double() - rounding[rows] <= others).all()  # Lloyd's bounds take it as a lower bound so

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import cpu_kernels
-
-FP32_UNIT_ROUNDOFF = 2.0**-24
+from ..quantize import gemm_gamma, largest_sq_norm
 
 
 class BoundedAssignment:
@@ -31,8 +30,7 @@ class BoundedAssignment:
     def __init__(self, frames: torch.Tensor, frames_sq: torch.Tensor, chunk_size: int):
         self.frames = frames.detach().to(torch.float32).contiguous()  # no copy for k-means' own frames
         self.frames_sq, self.chunk_size = frames_sq.to(torch.float32).contiguous(), chunk_size
-        terms = frames.shape[1] + 3
-        self.gamma = terms * FP32_UNIT_ROUNDOFF / (1 - terms * FP32_UNIT_ROUNDOFF)
+        self.gamma = gemm_gamma(frames.shape[1])
         self.all_rows = torch.arange(frames.shape[0])
         self.centroids: torch.Tensor | None = None
         self.labels = torch.full((frames.shape[0],), -1, dtype=torch.long)  # -1: not assigned yet
@@ -47,9 +45,10 @@ class BoundedAssignment:
         found, _, second_sq = cpu_kernels.nearest_two_cpu(
             self.frames, centroids, self.chunk_size, self.frames_sq, None if rows is self.all_rows else rows
         )
+        largest_sq = largest_sq_norm(centroids)
         cpu_kernels.take_labels(
-            self.frames, centroids, self.frames_sq, rows, found, second_sq, self.gamma, _largest_sq_norm(centroids),
-            self.labels, self.lower, self.sq_dists,
+            self.frames, centroids, self.frames_sq, rows, found, second_sq, self.gamma, largest_sq, self.labels,
+            self.lower, self.sq_dists,
         )  # fmt: skip
         return self.labels.clone(), self.sq_dists.clone()
 
@@ -58,7 +57,7 @@ class BoundedAssignment:
         moved = (centroids.double() - self.centroids.double()).norm(dim=1)
         active = cpu_kernels.bounds_pass(
             self.frames, centroids, self.labels, self.frames_sq, self.lower, _half_gap_to_nearest_other(centroids),
-            _largest_move_of_another(moved), self.gamma, _largest_sq_norm(centroids), self.sq_dists,
+            _largest_move_of_another(moved), self.gamma, largest_sq_norm(centroids), self.sq_dists,
         )  # fmt: skip
         self.skipped += self.frames.shape[0] - active.numel()
         self.assigned += self.frames.shape[0]
@@ -73,10 +72,6 @@ def _largest_move_of_another(moved: torch.Tensor) -> torch.Tensor:
     largest = torch.full_like(moved, float(top.values[0]))
     largest[top.indices[0]] = top.values[1]
     return largest
-
-
-def _largest_sq_norm(centroids: torch.Tensor) -> float:
-    return float(centroids.double().square().sum(dim=1).max())
 
 
 def _half_gap_to_nearest_other(centroids: torch.Tensor) -> torch.Tensor:
