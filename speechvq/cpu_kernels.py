@@ -93,34 +93,43 @@ def _nearest_two_in_chunk(
     bound of the smallest (its sq_dists the winner's, its second_sq the smallest GEMM distance, a safe lower bound
     on every other). So labels are the float64 argmin's, ties to the first centroid. Returns how many were re-ranked."""
     _running_top2(dists, sq_dists, second_sq, index32)
-    reranked = 0
+    near, limits = np.empty(sq_dists.shape[0], dtype=np.int32), np.empty(sq_dists.shape[0], dtype=np.float64)
+    count = 0
     for col in range(sq_dists.shape[0]):
         best, second, norm = np.float64(sq_dists[col]), np.float64(second_sq[col]), frames_sq[col]
         sq_dists[col] = max(sq_dists[col] + norm, np.float32(0.0))
         second_sq[col] = max(second_sq[col] + norm, np.float32(0.0))
         margin = 4 * gamma * (np.float64(norm) + largest_sq)
         if second - best <= margin:
-            second_sq[col] = sq_dists[col]
-            index32[col], sq_dists[col] = _float64_argmin(dists, col, best + margin, frames[col], centroids)
-            reranked += 1
+            near[count], limits[count] = col, best + margin
+            count += 1
+    if count:
+        _float64_argmins(dists, frames, centroids, near[:count], limits[:count], sq_dists, second_sq, index32)
+    for col in range(sq_dists.shape[0]):
         indices[col] = index32[col]
-    return reranked
+    return count
 
 
 @_compiled()
-def _float64_argmin(dists, col, limit, frame, centroids):  # pragma: no cover - compiled
-    """Among the rows whose partial distance in column col is at most limit: the first with the smallest float64
-    squared distance to frame, summed directly (the float32 differences and their squares are exact in float64)."""
-    winner, winner_sq = np.int32(0), np.inf
+def _float64_argmins(dists, frames, centroids, near, limits, sq_dists, second_sq, index32):  # pragma: no cover
+    """For each column near[i]: among the rows whose partial distance is at most limits[i], the first with the
+    smallest float64 squared distance to the frame, summed directly (the float32 differences and their squares are
+    exact in float64); its index and distance replace the column's, and second_sq takes the smallest GEMM distance.
+    Row by row over the near columns (in order), not column by column: a column of dists is strided by the chunk."""
+    winners, winner_sq = np.zeros(near.shape[0], dtype=np.int32), np.full(near.shape[0], np.inf)
     for row in range(dists.shape[0]):
-        if dists[row, col] <= limit:
-            total = 0.0
-            for d in range(frame.shape[0]):
-                diff = np.float64(frame[d]) - np.float64(centroids[row, d])
-                total += diff * diff
-            if total < winner_sq:
-                winner, winner_sq = np.int32(row), total
-    return winner, np.float32(winner_sq)
+        values, codeword = dists[row], centroids[row]
+        for i in range(near.shape[0]):
+            if values[near[i]] <= limits[i]:
+                frame, total = frames[near[i]], 0.0
+                for d in range(frame.shape[0]):
+                    diff = np.float64(frame[d]) - np.float64(codeword[d])
+                    total += diff * diff
+                if total < winner_sq[i]:
+                    winners[i], winner_sq[i] = row, total
+    for i in range(near.shape[0]):
+        col = near[i]
+        second_sq[col], sq_dists[col], index32[col] = sq_dists[col], np.float32(winner_sq[i]), winners[i]
 
 
 @_compiled(fastmath={"reassoc", "contract"})
