@@ -12,6 +12,7 @@ in scripts/bench_gpu.py."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -114,6 +115,7 @@ def _gemm_nearest(
     indices = torch.empty(frames.shape[0], dtype=torch.long, device=frames.device)
     sq_dists = torch.empty(frames.shape[0], dtype=torch.float32, device=frames.device)
     gamma, largest_sq = gemm_gamma(frames.shape[1]), largest_sq_norm(centroids)
+    near_ties = []
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
@@ -122,19 +124,18 @@ def _gemm_nearest(
             rows = slice(start, start + chunk.shape[0])
             partial = torch.addmm(centroid_sq, chunk, centroids.T, alpha=-2.0)  # (chunk, codebook_size)
             norms = frames_sq[rows] if frames_sq is not None else chunk.square().sum(dim=1)
-            if tf32 or centroids.shape[0] == 1:
-                best, best_index = partial.min(dim=1)
-            else:
-                two = partial.topk(2, dim=1, largest=False)  # sorted: the best, then the second
-                best, best_index = two.values[:, 0], two.indices[:, 0]
-                margin = 4 * gamma * (norms.double() + largest_sq)
-                near = ((two.values[:, 1] - best).double() <= margin).nonzero().squeeze(1)
+            best, best_index = partial.min(dim=1)
             indices[rows] = best_index
             sq_dists[rows] = (best + norms).clamp_(min=0.0)
-            if not tf32 and centroids.shape[0] > 1 and near.numel():
-                indices[start + near], sq_dists[start + near] = _float64_nearest(chunk[near], centroids)
+            if not tf32:  # near ties: the second best within the rounding bound of the best
+                second = partial.scatter_(1, best_index[:, None], math.inf).amin(dim=1)  # amin is vectorized
+                margin = 4 * gamma * (norms.double() + largest_sq)
+                near_ties.append(start + ((second.double() - best.double()) <= margin).nonzero().squeeze(1))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+    near = torch.cat(near_ties) if near_ties else indices[:0]
+    for part in near.split(chunk_size):  # all chunks' near ties at once: few, so one small float64 GEMM or so
+        indices[part], sq_dists[part] = _float64_nearest(frames[part], centroids)
     return indices, sq_dists
 
 
