@@ -91,7 +91,7 @@ def test_the_rounding_bound_holds_for_the_gemm_distances():
     g = torch.Generator().manual_seed(2)
     frames = 500 + 50 * torch.randn(20_000, 64, generator=g)
     centroids = 500 + 50 * torch.randn(30, 64, generator=g)
-    gemm = cpu_kernels._sweep(frames, centroids, CHUNK, None)[1].double()  # GEMM distances but on near ties
+    gemm = cpu_kernels._sweep(frames, centroids, CHUNK, None)[1].double()  # GEMM's, but near ties' direct
     labels = cpu_kernels.nearest_cpu(frames, centroids, CHUNK)[0]
     exact = (frames.double() - centroids.double()[labels]).square().sum(dim=1)
     bound = BoundedAssignment(frames, cpu_kernels.row_sq_norms(frames), CHUNK).gamma * 2

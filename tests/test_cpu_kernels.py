@@ -137,4 +137,4 @@ def test_labels_are_the_float64_argmin_where_fp32_gemm_order_is_wrong(offset):
     labels, sq, second = cpu_kernels.nearest_two_cpu(frames, centroids, 1000, rows=rows)
     assert torch.equal(labels, expected[rows])
     others = exact[rows].scatter(1, labels[:, None], float("inf")).min(dim=1).values
-    assert (second.double() - rounding[rows] <= others).all()  # Lloyd's bounds take it as a lower bound so
+    assert (second.double() - rounding[rows] <= others).all()  # a lower bound, as Lloyd's bounds take it

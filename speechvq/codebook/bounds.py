@@ -40,24 +40,24 @@ class BoundedAssignment:
 
     def __call__(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         centroids = centroids.to(torch.float32).contiguous()
-        rows = self.all_rows if self.centroids is None else self._active(centroids)
+        largest_sq = largest_sq_norm(centroids)  # once per step: the pass and the label update both need it
+        rows = self.all_rows if self.centroids is None else self._active(centroids, largest_sq)
         self.centroids = centroids
         found, _, second_sq = cpu_kernels.nearest_two_cpu(
             self.frames, centroids, self.chunk_size, self.frames_sq, None if rows is self.all_rows else rows
         )
-        largest_sq = largest_sq_norm(centroids)
         cpu_kernels.take_labels(
             self.frames, centroids, self.frames_sq, rows, found, second_sq, self.gamma, largest_sq, self.labels,
             self.lower, self.sq_dists,
         )  # fmt: skip
         return self.labels.clone(), self.sq_dists.clone()
 
-    def _active(self, centroids: torch.Tensor) -> torch.Tensor:
+    def _active(self, centroids: torch.Tensor, largest_sq: float) -> torch.Tensor:
         """The frames whose label may change with these centroids; the bounds of the others are brought up to date."""
         moved = (centroids.double() - self.centroids.double()).norm(dim=1)
         active = cpu_kernels.bounds_pass(
             self.frames, centroids, self.labels, self.frames_sq, self.lower, _half_gap_to_nearest_other(centroids),
-            _largest_move_of_another(moved), self.gamma, largest_sq_norm(centroids), self.sq_dists,
+            _largest_move_of_another(moved), self.gamma, largest_sq, self.sq_dists,
         )  # fmt: skip
         self.skipped += self.frames.shape[0] - active.numel()
         self.assigned += self.frames.shape[0]
