@@ -14,6 +14,7 @@ from speechvq.audio import load_waveform
 from speechvq.config import CodebookConfig, DataConfig, FeatureConfig, RunConfig
 from speechvq.errors import AlignmentError, CodebookMismatchError, MissingArtifactError
 from speechvq.features import build_extractor
+from speechvq.stages.evaluate import _PhoneCounts
 
 
 def make_config(path, **overrides) -> RunConfig:
@@ -135,6 +136,31 @@ def test_evaluate_with_alignments_end_to_end(dataset, tmp_path):
     tsv.write_text(f"{first['id']}\t{' '.join(labels[first['id']][:-5])}\n")
     with pytest.raises(AlignmentError, match=first["id"]):
         pipeline.run(config, run_dir)
+
+
+def _paired(counts: _PhoneCounts) -> tuple[list[str], list[int]]:
+    names = sorted(counts.phones, key=counts.phones.get)
+    phone_ids, units = counts.pairs[0]
+    return [names[i] for i in phone_ids.tolist()], units.tolist()
+
+
+def test_units_coarser_than_labels_are_scored_on_every_label_frame_as_fairseq_does():
+    """50 Hz units against 100 Hz phones: fairseq's measure_teacher_quality.py (--upsample 2) repeats each unit
+    over its two label frames and trims to the shorter sequence, so every label frame counts once (not every other
+    one). Labels coarser than units: each unit frame with the label at its time."""
+    units = torch.tensor([3, 1, 4, 1, 5])
+    labels = [f"p{i}" for i in range(11)]  # one label frame past the units: trimmed, as fairseq's min_len does
+    finer_labels = _PhoneCounts(ratio=2.0, tolerance_frames=1)
+    finer_labels.add("u", units, labels)
+    assert _paired(finer_labels) == (labels[:10], [3, 3, 1, 1, 4, 4, 1, 1, 5, 5])
+    coarser_labels = _PhoneCounts(ratio=0.5, tolerance_frames=1)
+    coarser_labels.add("u", units, ["a", "b", "c"])
+    assert _paired(coarser_labels) == (["a", "a", "b", "b", "c"], [3, 1, 4, 1, 5])
+    same_rate = _PhoneCounts(ratio=1.0, tolerance_frames=1)
+    same_rate.add("u", units, labels[:5])
+    assert _paired(same_rate) == (labels[:5], units.tolist())
+    with pytest.raises(AlignmentError, match="a/u7: 5 labels cover 2 unit frames, but there are 5"):
+        finer_labels.add("a/u7", units, labels[:5])
 
 
 def _hand_scores(records: list[dict], labels: dict[str, list[str]]) -> dict:

@@ -246,17 +246,26 @@ class _PhoneCounts:
     groups: list[str] = field(default_factory=list)
 
     def add(self, utt_id: str, units: torch.Tensor, labels: list[str]) -> None:
-        """Map each unit frame to the label frame at the same time; trim the small length difference that
-        framing conventions leave, and refuse a larger one (a sign of mismatched files)."""
+        """Pair units with labels frame by frame at the finer of the two rates; trim the small length difference
+        that framing conventions leave, and refuse a larger one (a sign of mismatched files). Labels finer than
+        units (HuBERT's 50 Hz units, 100 Hz phones): every label frame with the unit that covers it, as fairseq's
+        measure_teacher_quality.py repeats each unit (--upsample 2), so coarse units are scored on all the labels,
+        not on every other one. Units finer than labels: every unit frame with the label that covers it."""
         expected = round(len(labels) / self.ratio)
         if abs(expected - units.numel()) > self.tolerance_frames:
             raise AlignmentError(
                 utt_id, f"{len(labels)} labels cover {expected} unit frames, but there are {units.numel()}"
             )
-        label_index = (torch.arange(units.numel()) * self.ratio).long()
-        keep = label_index < len(labels)
-        phone_ids = [self.phones.setdefault(labels[i], len(self.phones)) for i in label_index[keep].tolist()]
-        self.pairs.append((torch.tensor(phone_ids, dtype=torch.long), units[keep]))
+        if self.ratio >= 1:
+            unit_index = (torch.arange(len(labels), dtype=torch.float64) / self.ratio).long()
+            keep = unit_index < units.numel()
+            label_index, units = torch.arange(len(labels))[keep], units[unit_index[keep]]
+        else:
+            label_index = (torch.arange(units.numel(), dtype=torch.float64) * self.ratio).long()
+            keep = label_index < len(labels)
+            label_index, units = label_index[keep], units[keep]
+        phone_ids = [self.phones.setdefault(labels[i], len(self.phones)) for i in label_index.tolist()]
+        self.pairs.append((torch.tensor(phone_ids, dtype=torch.long), units))
         self.groups.append(utt_id.split("/")[0] if "/" in utt_id else "")
 
     def merge(self, phones: dict[str, int], pairs: list, groups: list[str]) -> None:
