@@ -150,6 +150,9 @@ class TrainEncoderConfig:
     checkpoint_every: int = 100
     keep_snapshots: bool = False  # also keep the model at each checkpoint (encoder/snapshots/stepNNNNNNN.safetensors)
     max_train_seconds: float = 3600.0  # audio held in memory for training (a capped subset of the data)
+    # masked_prediction, contrastive: this share of the training crops band-limited to 4 kHz (resampled to 8 kHz and
+    # back), targets unchanged, so the encoder learns telephone-band speech (FSDD is 8 kHz) from the same labels
+    narrowband_share: float = 0.0
     dtype: Dtype = Dtype["float32"]  # float32 | bfloat16 (autocast of the forward pass; weights stay float32)
     # Each step's batch_size utterances are split over the torchrun ranks and, on each, into this many pieces
     # whose gradients add up (less memory, the same update): batch_size must be a multiple of ranks x pieces.
@@ -280,7 +283,7 @@ AT_LEAST = {
     "codebook.codebook_size": 1, "codebook.max_iter": 1, "codebook.n_init": 1,
     "codebook.max_train_frames": 1, "train_encoder.steps": 1, "train_encoder.batch_size": 1,
     "train_encoder.validate_every": 1, "train_encoder.checkpoint_every": 1, "train_encoder.weight_decay": 0,
-    "train_encoder.warmup_steps": 0, "train_encoder.micro_batches": 1,
+    "train_encoder.warmup_steps": 0, "train_encoder.micro_batches": 1, "train_encoder.narrowband_share": 0,
     "train_encoder.validation_fraction": 0, "train_encoder.model.channels": 1, "train_encoder.model.code_dim": 1,
     "train_encoder.model.decoder_channels": 1, "train_encoder.quantizer.codebook_size": 1,
     "train_encoder.quantizer.num_codebooks": 1, "train_encoder.quantizer.dead_code_steps": 0,
@@ -438,6 +441,8 @@ def _check_combinations(config: RunConfig) -> None:
         word_pattern(config.evaluate.word_probe)
     if not t.validation_fraction < 1:
         raise ConfigError("train_encoder.validation_fraction", t.validation_fraction, "must be below 1")
+    if not t.narrowband_share <= 1:
+        raise ConfigError("train_encoder.narrowband_share", t.narrowband_share, "must be a share in [0, 1]")
     if not 0 < t.quantizer.ema_decay < 1:
         raise ConfigError("train_encoder.quantizer.ema_decay", t.quantizer.ema_decay, "must be in (0, 1)")
     temperature = list(t.quantizer.gumbel_temperature)

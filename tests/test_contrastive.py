@@ -74,6 +74,17 @@ def tiny_config(steps=10) -> TrainEncoderConfig:
     return config
 
 
+def test_contrastive_training_band_limits_its_share_of_crops(monkeypatch):
+    from test_masked_prediction import band_limited_calls
+
+    calls = band_limited_calls(monkeypatch)
+    waves = [torch.from_numpy(speechlike(1.0, 16000, i)) for i in range(3)]
+    config = tiny_config()
+    config.narrowband_share = 1.0
+    tiny().training_loss(waves, None, 16000, config, 0, torch.Generator(), torch.Generator(), torch.device("cpu"))
+    assert calls == [16000] * 3
+
+
 def test_the_loss_is_a_function_of_the_seed_and_counts_every_part():
     waves = [torch.from_numpy(speechlike(s, 16000, i)) for i, s in enumerate((1.2, 0.7, 2.0))]
     model, config = tiny().train(), tiny_config()

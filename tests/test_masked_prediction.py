@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from speechvq import pipeline
 from speechvq.config import CodebookConfig, DataConfig, FeatureConfig, ObjectiveConfig, RunConfig, TrainEncoderConfig
-from speechvq.encoder.batches import span_mask, span_starts, targets_at_rate
+from speechvq.encoder import batches
+from speechvq.encoder.batches import narrowband, span_mask, span_starts, targets_at_rate
 from speechvq.encoder.checkpoint import load_encoder
 from speechvq.encoder.hubert import MaskedPredictionModel, masked_prediction_loss
 from speechvq.errors import ConfigError
@@ -93,6 +94,45 @@ def test_a_few_steps_learn_planted_targets():
         optimizer.step()
         losses.append(float(out.loss.detach()))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_narrowband_crops_lose_the_band_above_4_khz_and_keep_their_length():
+    t = torch.arange(16001, dtype=torch.float64).float() / 16000  # an odd length: the round trip must keep it
+    low, high = torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 6000 * t)
+    (narrow,) = narrowband([low + high], 1.0, 16000, torch.Generator().manual_seed(0))
+    assert narrow.shape == low.shape
+    spectrum = torch.fft.rfft(narrow[:16000]).abs()  # 1 Hz bins
+    assert spectrum[6000] < 1e-3 * spectrum[440]
+    assert torch.allclose(narrow[500:-500], low[500:-500], atol=0.01)  # the band below 4 kHz passes as it was
+    # A share of the crops, chosen by the generator: the same seed picks the same ones; share 0 draws nothing.
+    crops = [low + high] * 200
+    picked = [not torch.equal(c, crops[0]) for c in narrowband(crops, 0.25, 16000, torch.Generator().manual_seed(3))]
+    again = [not torch.equal(c, crops[0]) for c in narrowband(crops, 0.25, 16000, torch.Generator().manual_seed(3))]
+    assert picked == again and 30 <= sum(picked) <= 70
+    untouched, fresh = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert narrowband(crops, 0.0, 16000, untouched) is crops
+    assert torch.equal(torch.rand(3, generator=untouched), torch.rand(3, generator=fresh))
+
+
+def band_limited_calls(monkeypatch) -> list[int]:
+    """Stands in for the resampling round trip and counts the crops it is given."""
+    calls = []
+
+    def fake(crop, sample_rate, band_rate):
+        calls.append(crop.numel())
+        return torch.zeros_like(crop)
+
+    monkeypatch.setattr(batches, "_band_limited", fake)
+    return calls
+
+
+def test_masked_prediction_training_band_limits_its_share_of_crops(monkeypatch):
+    calls = band_limited_calls(monkeypatch)
+    model, waves = tiny_model(), [torch.from_numpy(speechlike(1.0, 16000, i)) for i in range(3)]
+    labels = [torch.zeros(model.num_frames(16000), dtype=torch.long) for _ in waves]
+    config = TrainEncoderConfig(objective=ObjectiveConfig(name="masked_prediction"), narrowband_share=1.0)
+    model.training_loss(waves, labels, 16000, config, 0, torch.Generator(), None, torch.device("cpu"))
+    assert calls == [16000] * 3
 
 
 def hubert_config(dataset, targets, steps=6) -> RunConfig:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+import torchaudio
 
 
 def span_starts(num_frames: int, mask_prob: float, span: int, generator: torch.Generator) -> torch.Tensor:
@@ -57,6 +59,24 @@ def crop_start(num_samples: int, segment: int, hop: int, generator: torch.Genera
 def grid_crops(waves: list[torch.Tensor], segment: int, hop: int, generator: torch.Generator) -> list[torch.Tensor]:
     """A crop of up to `segment` samples from each waveform, starting on the frame grid; no padding."""
     return [w[(s := crop_start(w.numel(), segment, hop, generator)) : s + segment] for w in waves]
+
+
+def narrowband(
+    crops: list[torch.Tensor], share: float, sample_rate: int, generator: torch.Generator, band_rate: int = 8000
+) -> list[torch.Tensor]:
+    """Telephone-band versions of a random `share` of the crops: resampled to band_rate and back, so nothing above
+    band_rate / 2 is left (FSDD's 8 kHz recordings sound like that to a 16 kHz front end); lengths are kept, so
+    frame-aligned targets still hold. share 0 draws nothing: the generator's stream is as without it."""
+    if share <= 0:
+        return crops
+    picks = (torch.rand(len(crops), generator=generator) < share).tolist()
+    return [_band_limited(crop, sample_rate, band_rate) if pick else crop for crop, pick in zip(crops, picks)]
+
+
+def _band_limited(crop: torch.Tensor, sample_rate: int, band_rate: int) -> torch.Tensor:
+    narrow = torchaudio.functional.resample(crop, sample_rate, band_rate)
+    back = torchaudio.functional.resample(narrow, band_rate, sample_rate)[: crop.numel()]
+    return F.pad(back, (0, crop.numel() - back.numel()))
 
 
 def aligned_crops(

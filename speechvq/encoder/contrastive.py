@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import grid_crops, span_mask
+from .batches import grid_crops, narrowband, span_mask
 from .model import gumbel_temperature
 from .quantizers import GumbelVQ, build_quantizer
 from .transformer import FRAME_HOP, TransformerEncoder
@@ -67,7 +67,9 @@ class ContrastiveModel(TransformerEncoder):
         """Crops, span masks and distractors from `generator`: (loss, stats for the history)."""
         o = config.objective
         self.quantizer.temperature = gumbel_temperature(config, step)
-        raw, valid = self.front_end_frames(grid_crops(waves, segment, FRAME_HOP, generator))
+        crops = narrowband(grid_crops(waves, segment, FRAME_HOP, generator), config.narrowband_share, self.sample_rate,
+                           generator)  # fmt: skip
+        raw, valid = self.front_end_frames(crops)
         penalty = raw[valid].pow(2).mean()  # on the frames before the layer norm, as wav2vec 2.0 does
         x = self.normalized(raw, valid)
         quantized = self.quantizer(x, device_generator)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import aligned_crops, span_mask
+from .batches import aligned_crops, narrowband, span_mask
 from .transformer import FRAME_HOP, TransformerEncoder
 
 
@@ -80,6 +80,7 @@ class MaskedPredictionModel(TransformerEncoder):
     def training_loss(self, waves, labels, segment, config, step, generator, device_generator, device):
         """Crops on the 20 ms grid with their targets, span masks: (loss, stats for the history)."""
         crops, targets, target_valid = aligned_crops(waves, labels, segment, FRAME_HOP, generator)
+        crops = narrowband(crops, config.narrowband_share, self.sample_rate, generator)
         o = config.objective
         masks = [span_mask(self.num_frames(c.numel()), o.mask_prob, o.mask_span, generator) for c in crops]
         mask = nn.utils.rnn.pad_sequence(masks, batch_first=True)
