@@ -80,14 +80,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def curve_points(label: str, model_run: Path, layer: int, out: Path, every: int, normalize: str) -> list[dict]:
+def curve_points(label: str, model_run: Path, layer, out: Path, every: int, normalize: str) -> list[dict]:
+    """layer: an int, or a list of layers concatenated."""
     snapshots = sorted((model_run / "encoder/snapshots").glob("step*.safetensors"))
     snapshots = [s for s in snapshots if int(s.stem[len("step") :]) % every == 0]
     points = []
+    layer_override = "features.layer=" + json.dumps(layer).replace(" ", "")
     for model in [*snapshots, model_run / "encoder/model.safetensors"]:
         meta = json.loads(model.with_suffix(".json").read_text())
         overrides = [
-            "features=encoder", f"features.checkpoint={model.resolve()}", f"features.layer={layer}",
+            "features=encoder", f"features.checkpoint={model.resolve()}", layer_override,
             "codebook=kmeans", "codebook.codebook_size=100", "stages=[features,train,quantize,evaluate]",
             f"features.normalize={normalize}", *CURVE_EVALUATE,
         ]  # fmt: skip
@@ -121,7 +123,7 @@ def plot(points: list[dict], reference: dict | None, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", action="append", default=[], help="LABEL=RUN_FOLDER (a table row)")
-    parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (a curve)")
+    parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (2, or [0,1])")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_units"))
     parser.add_argument("--normalize", default="none", help="curve: features.normalize (none, utterance)")
     parser.add_argument("--snapshot-every", type=int, default=1, help="curve: only snapshots at multiples of this step")
@@ -136,7 +138,8 @@ def main() -> None:
     for spec in args.curve:
         label, target = spec.split("=", 1)
         model_run, layer = target.rsplit(":", 1)
-        points += curve_points(label, Path(model_run), int(layer), args.out, args.snapshot_every, args.normalize)
+        layers = json.loads(layer)  # "2", or several concatenated: "[0,1]"
+        points += curve_points(label, Path(model_run), layers, args.out, args.snapshot_every, args.normalize)
     if points:
         reference = next((r for r in rows if r["training_min"] == 0.0), None)
         plot(points, reference, args.out / "pnmi_vs_minutes.png")
