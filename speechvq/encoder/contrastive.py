@@ -67,9 +67,8 @@ class ContrastiveModel(TransformerEncoder):
         """Crops, span masks and distractors from `generator`: (loss, stats for the history)."""
         o = config.objective
         self.quantizer.temperature = gumbel_temperature(config, step)
-        crops = narrowband(grid_crops(waves, segment, FRAME_HOP, generator), config.narrowband_share, self.sample_rate,
-                           generator)  # fmt: skip
-        raw, valid = self.front_end_frames(crops)
+        crops = grid_crops(waves, segment, FRAME_HOP, generator)
+        raw, valid = self.front_end_frames(narrowband(crops, config.narrowband_share, self.sample_rate, generator))
         penalty = raw[valid].pow(2).mean()  # on the frames before the layer norm, as wav2vec 2.0 does
         x = self.normalized(raw, valid)
         quantized = self.quantizer(x, device_generator)
