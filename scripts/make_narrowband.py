@@ -15,7 +15,8 @@ from pathlib import Path
 
 import soundfile
 import torch
-import torchaudio
+
+from speechvq.audio import resample
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     files = sorted(args.source.glob("*.flac"))
     for path in files:
         samples, rate = soundfile.read(path, dtype="float32")
-        narrow = torchaudio.functional.resample(torch.from_numpy(samples), rate, args.rate).numpy()
+        narrow = resample(torch.from_numpy(samples), rate, args.rate).numpy()
         soundfile.write(args.out / path.name, narrow, args.rate, subtype="PCM_16")
         seconds += len(narrow) / args.rate
     readme = (args.source / "README.md").read_text(encoding="utf-8")

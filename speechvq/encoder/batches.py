@@ -7,7 +7,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchaudio
+
+from ..audio import resample
 
 
 def span_starts(num_frames: int, mask_prob: float, span: int, generator: torch.Generator) -> torch.Tensor:
@@ -74,8 +75,8 @@ def narrowband(
 
 
 def _band_limited(crop: torch.Tensor, sample_rate: int, band_rate: int) -> torch.Tensor:
-    narrow = torchaudio.functional.resample(crop, sample_rate, band_rate)
-    back = torchaudio.functional.resample(narrow, band_rate, sample_rate)[: crop.numel()]
+    # audio.resample keeps each rate pair's sinc kernel: this runs on every step's crops
+    back = resample(resample(crop, sample_rate, band_rate), band_rate, sample_rate)[: crop.numel()]
     return F.pad(back, (0, crop.numel() - back.numel()))
 
 
