@@ -17,6 +17,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import MissingArtifactError
 from .fileio import remove_stale_temps, write_bytes, write_json
+from .heap import release_free_memory
 from .records import FeatureMatrix
 
 INDEX_FILE = "index.json"
@@ -111,6 +112,8 @@ class FeatureWriter:
             frames = torch.cat(pending) if pending else torch.zeros(0, self.dim)
             metadata = {"utterances": json.dumps(rows)}
             write_bytes(path, save_safetensors_bytes({"frames": frames}, metadata=metadata))
+            del frames, pending[:]
+            release_free_memory()  # this part's batches are free now: keep RSS flat across parts (heap.py)
 
         return write
 
