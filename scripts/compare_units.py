@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--units", action="append", default=[], help="LABEL=RUN_FOLDER (a table row)")
     parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (2, or [0,1])")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_units"))
-    parser.add_argument("--normalize", default="none", help="curve: features.normalize (none, utterance)")
+    parser.add_argument("--normalize", default="none", help="curve: features.normalize (none, utterance, utterance_l2)")
     parser.add_argument("--snapshot-every", type=int, default=1, help="curve: only snapshots at multiples of this step")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

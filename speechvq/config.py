@@ -27,7 +27,7 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Choice]:
 
 
 OnError = _choice("OnError", ("raise", "skip"))
-Normalize = _choice("Normalize", ("none", "utterance", "global"))
+Normalize = _choice("Normalize", ("none", "utterance", "utterance_l2", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
 LayerReduction = _choice("LayerReduction", ("concat", "mean", "tokens"))
 Dtype = _choice("Dtype", ("float32", "bfloat16"))  # bfloat16: autocast (CUDA, or CPUs with bf16 support)
@@ -61,9 +61,9 @@ class FeatureConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     deltas: bool = True  # append deltas and delta-deltas (mfcc_hubert, mfcc)
-    normalize: Normalize = Normalize[
-        "none"
-    ]  # none | utterance (CMVN per utterance) | global (stats stored with the codebook)
+    # none | utterance (CMVN per utterance) | utterance_l2 (CMVN, then each frame scaled to length sqrt(dim): k-means
+    # by angle) | global (stats stored with the codebook)
+    normalize: Normalize = Normalize["none"]
     checkpoint: str | None = None  # encoder / ssl: model weights (encoder: a run folder works too)
     ssl_model: str = "hubert_base"  # ssl: architecture of a bare state dict (hubert|wav2vec2|wavlm _base|_large)
     # ssl, encoder: the layer whose output is the feature (0 = Transformer input / front end, L = layer L's output;

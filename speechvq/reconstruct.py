@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchaudio
 from torchaudio.compliance import kaldi
 
+from .features.base import PER_UTTERANCE
 from .features.kaldi_batched import cepstral_lifter
 from .registry import Registry
 
@@ -89,11 +90,11 @@ class KaldiMFCCInversion(Inversion):
 
 
 class FbankInversion(Inversion):
-    """The log-mel itself, remapped to 80 bands; per-utterance CMVN cannot be undone."""
+    """The log-mel itself, remapped to 80 bands; per-utterance normalization cannot be undone."""
 
     @classmethod
     def create(cls, feature_config: dict) -> Inversion | None:
-        return None if feature_config.get("normalize") == "utterance" else cls(feature_config)
+        return None if feature_config.get("normalize") in PER_UTTERANCE else cls(feature_config)
 
     def logmel(self, frames: torch.Tensor) -> torch.Tensor:
         return _remap_bins(frames.cpu(), self.feature_config["num_mel_bins"], self.rate)

@@ -70,6 +70,27 @@ def test_fbank_is_kaldi_fbank_with_utterance_cmvn():
     torch.testing.assert_close(frames, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["mfcc_hubert", "fbank"])
+def test_utterance_l2_is_cmvn_then_each_frame_on_the_sphere(name):
+    """features.normalize=utterance_l2: per-file CMVN, then every frame scaled to length sqrt(dim) keeping its
+    direction (k-means then clusters by angle), the same batched as alone; an all-zero frame stays zero, not NaN."""
+    from speechvq.features.base import normalize_utterance, on_sphere
+
+    waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((1.3, 0.4))]
+    plain = build_extractor(FeatureConfig(name=name, normalize="utterance"))
+    sphere = build_extractor(FeatureConfig(name=name, normalize="utterance_l2"))
+    for frames, cmvn, wave in zip(sphere.extract_batch(waves), plain.extract_batch(waves), waves):
+        lengths = frames.norm(dim=1)
+        torch.testing.assert_close(lengths, torch.full_like(lengths, sphere.dim**0.5), atol=1e-4, rtol=0)
+        cosine = torch.nn.functional.cosine_similarity(frames, cmvn, dim=1)
+        torch.testing.assert_close(cosine, torch.ones_like(cosine), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sphere(wave), frames, atol=1e-4, rtol=0)
+    raw = build_extractor(FeatureConfig(name=name))(waves[0])
+    torch.testing.assert_close(sphere(waves[0]), on_sphere(normalize_utterance(raw)), atol=1e-4, rtol=0)
+    zero_frame = on_sphere(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    torch.testing.assert_close(zero_frame, torch.tensor([[0.0, 0.0], [0.6 * 2**0.5, 0.8 * 2**0.5]]))
+
+
 @pytest.mark.parametrize("name", ["mfcc_hubert", "mfcc", "fbank"])
 def test_shorter_than_one_frame_gives_zero_frames(name):
     extractor = build_extractor(FeatureConfig(name=name))

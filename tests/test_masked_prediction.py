@@ -281,8 +281,9 @@ def test_long_files_go_through_the_encoder_in_chunks_on_the_file_grid(saved_mode
 def test_utterance_normalization_is_over_the_whole_stitched_file(saved_model):
     """features.normalize=utterance on encoder frames: each file's stitched frames get zero mean and unit variance
     over the whole file, alone or batched (once, the option was accepted and silently ignored; normalizing each
-    chunk on its own would also differ)."""
+    chunk on its own would also differ); utterance_l2 then puts those frames on the sphere."""
     from speechvq.features import build_extractor, normalize_utterance
+    from speechvq.features.base import on_sphere
 
     waves = [torch.from_numpy(speechlike(seconds, 16000, seed)) for seed, seconds in enumerate((3.3, 0.6))]
     common = dict(name="encoder", checkpoint=saved_model[1], layer=2, chunk_s=1.0)
@@ -292,6 +293,9 @@ def test_utterance_normalization_is_over_the_whole_stitched_file(saved_model):
         torch.testing.assert_close(frames, normalize_utterance(plain), atol=1e-5, rtol=0)
         torch.testing.assert_close(frames.mean(0), torch.zeros(32), atol=1e-4, rtol=0)
         torch.testing.assert_close(normalized(wave), frames, atol=1e-4, rtol=0)
+    on_the_sphere = build_extractor(FeatureConfig(**common, normalize="utterance_l2")).extract_batch(waves)
+    for frames, plain in zip(on_the_sphere, raw):
+        torch.testing.assert_close(frames, on_sphere(normalize_utterance(plain)), atol=1e-5, rtol=0)
 
 
 def test_a_list_of_layers_gives_them_side_by_side_from_one_pass(saved_model, tmp_path):

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..config import FeatureConfig
 
@@ -46,10 +47,24 @@ def normalize_utterance(frames: torch.Tensor, eps: float = 1e-5) -> torch.Tensor
     return (frames - mean) / (std + eps)
 
 
+def on_sphere(frames: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Each frame scaled to length sqrt(dim) (the mean length of a CMVN frame), so that Euclidean k-means on them
+    clusters by angle, as HuBERT's cosine prediction head scores its frames."""
+    return F.normalize(frames, dim=-1, eps=eps) * frames.shape[-1] ** 0.5
+
+
+PER_UTTERANCE = ("utterance", "utterance_l2")  # features.normalize values applied file by file, not undone later
+
+
 def normalized_as_configured(frames: list[torch.Tensor], normalize: str) -> list[torch.Tensor]:
-    """features.normalize=utterance for the learned extractors, after each whole file's frames are stitched
-    (a chunk's own statistics would differ from the file's); "global" is the train stage's, on the codebook."""
-    return [normalize_utterance(f) for f in frames] if normalize == "utterance" else frames
+    """features.normalize per file: `utterance` (CMVN) or `utterance_l2` (CMVN, then on_sphere), after each whole
+    file's frames are stitched (a chunk's own statistics would differ from the file's); "global" is the train
+    stage's, on the codebook."""
+    if normalize == "utterance":
+        return [normalize_utterance(f) for f in frames]
+    if normalize == "utterance_l2":
+        return [on_sphere(normalize_utterance(f)) for f in frames]
+    return frames
 
 
 CONTEXT_S = 1.0  # context each side of a chunk of a long file

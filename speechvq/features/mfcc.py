@@ -15,7 +15,7 @@ import torchaudio
 from ..config import FeatureConfig
 from ..errors import ConfigError
 from . import kaldi_batched
-from .base import normalize_utterance
+from .base import normalized_as_configured
 
 
 class _FrameExtractor:
@@ -40,9 +40,7 @@ class _FrameExtractor:
         frames = self._static(samples)  # (num_frames, static_dim)
         if self.deltas:
             frames = _with_deltas(frames)
-        if self.config.normalize == "utterance":
-            frames = normalize_utterance(frames)
-        return frames.contiguous()
+        return normalized_as_configured([frames], self.config.normalize)[0].contiguous()
 
     def _static(self, samples: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -125,10 +123,7 @@ class _KaldiBatched(_FrameExtractor):
         if self.deltas and frames.shape[0]:
             first = kaldi_batched.deltas(frames, counts)
             frames = torch.cat([frames, first, kaldi_batched.deltas(first, counts)], dim=1)
-        out = list(frames.split(counts))
-        if self.config.normalize == "utterance":
-            out = [normalize_utterance(u) for u in out]
-        return out
+        return normalized_as_configured(list(frames.split(counts)), self.config.normalize)
 
 
 @functools.lru_cache(maxsize=1)
