@@ -5,6 +5,10 @@ the demo's alignments); the table reads its metrics.json: PNMI, phone purity and
 espeak-ng sentences and on the FSDD recordings (pocketsphinx alignments), reported separately, the cross-speaker
 digit probe, bit/s, and the minutes its encoder trained (from the model the features came from).
 
+Seeds (--seeds 1,2,3): k-means has a seed, and on these small sets it moves PNMI by up to 0.01 (FSDD: 0.04):
+each table row's units are made again from its own stored features and config with each of those seeds as well
+(train, quantize and evaluate only, under OUT/seed_runs/), and a second table gives every row's mean and range.
+
 Curve (--curve LABEL=MODEL_RUN:LAYER, repeatable): every snapshot a training run kept
 (train_encoder.keep_snapshots) and its final model, each through features (that layer) -> k-means K=100 ->
 quantize -> evaluate on data/demo, plotted as PNMI against training minutes; the MFCC row of the table (if any)
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -30,6 +35,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 import speechvq.run  # noqa: E402, F401  registers the config schema
 from speechvq import pipeline  # noqa: E402
+from speechvq.config import RunConfig  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("espeak", "fsdd")
@@ -80,6 +86,41 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seeded_rows(label: str, folder: Path, seeds: list[int], out: Path) -> list[dict]:
+    """The folder's row, then its units made again with each other k-means seed: the folder's own config (from
+    .hydra/config.yaml), its stored features (linked, not copied, and never rewritten: the features stage is left
+    out) and its file lists; only the seed and the slow evaluation parts differ."""
+    saved = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(folder / ".hydra/config.yaml"))
+    rows = [row(label, folder)]
+    for seed in seeds:
+        run_dir = out / "seed_runs" / label.replace(" ", "_").replace("/", "_") / f"seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "features").exists():
+            (run_dir / "features").symlink_to((folder / "features").resolve(), target_is_directory=True)
+        for listing in folder.glob("*.tsv"):  # the manifest (and skipped files) the features stage wrote
+            shutil.copyfile(listing, run_dir / listing.name)
+        overrides = OmegaConf.from_dotlist([f"seed={seed}", "stages=[train,quantize,evaluate]", *CURVE_EVALUATE])
+        pipeline.run(OmegaConf.to_object(OmegaConf.merge(saved, overrides)), run_dir)
+        rows.append(row(label, run_dir))
+    return rows
+
+
+def spread_markdown(seeded: list[list[dict]], seeds: list[int]) -> str:
+    """Mean (min-max) of PNMI per set and of the probe over each row's runs."""
+    lines = [
+        f"| units (k-means seed of the row and {', '.join(map(str, seeds))}) | PNMI espeak | PNMI fsdd | digit probe |",
+        "|---|---|---|---|",
+    ]
+    for runs in seeded:
+        cells = []
+        for key in ("pnmi_espeak", "pnmi_fsdd", "word_probe"):
+            values = [r[key] for r in runs if r[key] is not None]
+            mean = sum(values) / len(values) if values else None
+            cells.append("—" if mean is None else f"{mean:.4f} ({min(values):.4f}–{max(values):.4f})")
+        lines.append(f"| {runs[0]['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def curve_points(label: str, model_run: Path, layer, out: Path, every: int, normalize: str) -> list[dict]:
     """layer: an int, or a list of layers concatenated."""
     snapshots = sorted((model_run / "encoder/snapshots").glob("step*.safetensors"))
@@ -126,6 +167,7 @@ def main() -> None:
     parser.add_argument("--curve", action="append", default=[], help="LABEL=MODEL_RUN:LAYER (2, or [0,1])")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_units"))
     parser.add_argument("--normalize", default="none", help="curve: features.normalize (none, utterance, utterance_l2)")
+    parser.add_argument("--seeds", default="", help="table: also these k-means seeds for every row (e.g. 1,2,3)")
     parser.add_argument("--snapshot-every", type=int, default=1, help="curve: only snapshots at multiples of this step")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +175,13 @@ def main() -> None:
     rows = [row(label, Path(folder)) for label, folder in (spec.rsplit("=", 1) for spec in args.units)]
     table = markdown(rows)
     print(table)
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+    seeded = []
+    if seeds:
+        seeded = [seeded_rows(r["label"], Path(r["folder"]), seeds, args.out) for r in rows]
+        spread = spread_markdown(seeded, seeds)
+        print(spread)
+        table += "\n\n" + spread
     (args.out / "units_table.md").write_text(table + "\n")
     points = []
     for spec in args.curve:
@@ -143,7 +192,8 @@ def main() -> None:
     if points:
         reference = next((r for r in rows if r["training_min"] == 0.0), None)
         plot(points, reference, args.out / "pnmi_vs_minutes.png")
-    (args.out / "units_comparison.json").write_text(json.dumps({"table": rows, "curve": points}, indent=2) + "\n")
+    everything = {"table": rows, "seeds": seeded, "curve": points}
+    (args.out / "units_comparison.json").write_text(json.dumps(everything, indent=2) + "\n")
     print(f"wrote {args.out}/units_table.md, units_comparison.json" + (", pnmi_vs_minutes.png" if points else ""))
 
 
