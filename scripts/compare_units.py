@@ -86,6 +86,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def folder_name(label: str) -> str:
+    """A row's label as one folder name for its runs."""
+    return label.replace(" ", "_").replace("/", "_")
+
+
 def seeded_rows(label: str, folder: Path, seeds: list[int], out: Path) -> list[dict]:
     """The folder's row, then its units made again with each other k-means seed: the folder's own config (from
     .hydra/config.yaml), its stored features (linked, not copied, and never rewritten: the features stage is left
@@ -93,7 +98,7 @@ def seeded_rows(label: str, folder: Path, seeds: list[int], out: Path) -> list[d
     saved = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(folder / ".hydra/config.yaml"))
     rows = [row(label, folder)]
     for seed in seeds:
-        run_dir = out / "seed_runs" / label.replace(" ", "_").replace("/", "_") / f"seed{seed}"
+        run_dir = out / "seed_runs" / folder_name(label) / f"seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "features").exists():
             (run_dir / "features").symlink_to((folder / "features").resolve(), target_is_directory=True)
@@ -136,7 +141,7 @@ def curve_points(label: str, model_run: Path, layer, out: Path, every: int, norm
         ]  # fmt: skip
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             config = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
-        run_dir = out / "curve_runs" / label.replace(" ", "_") / f"step{meta['steps']:07d}"
+        run_dir = out / "curve_runs" / folder_name(label) / f"step{meta['steps']:07d}"
         pipeline.run(config, run_dir)
         points.append({"label": label, "steps": meta["steps"], **row(label, run_dir)})
         print(f"{label} step {meta['steps']}: {points[-1]['training_min']:.1f} min, PNMI espeak "
