@@ -138,3 +138,31 @@ def test_labels_are_the_float64_argmin_where_fp32_gemm_order_is_wrong(offset):
     assert torch.equal(labels, expected[rows])
     others = exact[rows].scatter(1, labels[:, None], float("inf")).min(dim=1).values
     assert (second.double() - rounding[rows] <= others).all()  # a lower bound, as Lloyd's bounds take it
+
+
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows):
+    """One worker per torch thread draws chunks from a shared counter: every frame must be written once, by the
+    same arithmetic whichever worker takes its chunk (a chunk skipped leaves torch.empty's garbage; one written at
+    the wrong offset moves labels), and numpy's BLAS gets back its own thread count afterwards."""
+    from threadpoolctl import threadpool_info
+
+    g = torch.Generator().manual_seed(5)
+    frames, centroids = torch.randn(5003, 24, generator=g) * 4, torch.randn(37, 24, generator=g) * 4
+    rows = torch.randperm(5003, generator=g)[:4001] if with_rows else None
+    blas_before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(cpu_kernels.nearest_two_cpu(frames, centroids, 97, rows=rows))
+    finally:
+        torch.set_num_threads(threads)
+    for one, three in zip(*results):
+        assert torch.equal(one, three)
+    chosen = frames if rows is None else frames[rows]
+    exact = (chosen.double()[:, None] - centroids.double()[None]).square().sum(dim=2)
+    assert torch.equal(results[1][0], exact.argmin(dim=1))
+    torch.testing.assert_close(results[1][1].double(), exact.min(dim=1).values, rtol=1e-5, atol=1e-4)
+    assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == blas_before
