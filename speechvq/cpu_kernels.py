@@ -1,8 +1,8 @@
 """Nearest-codeword search on the CPU at close to the speed of the distance GEMM itself.
 
-torch's row-wise `min(dim=1)` with indices is a scalar loop in ATen: at K=100 it took longer than the GEMM that
-made the distances (amin, without indices, is vectorized, but the index is what we need). So a GEMM writes each
-chunk's -2 c.x codeword-major, (K, frames), and a small numba kernel sweeps the K rows adding |c|^2 and keeping a
+torch's row-wise `min(dim=1)` with indices is a scalar loop in ATen: at K=100 it took longer than the GEMM that made
+the distances (amin, without indices, is vectorized, but the index is what we need). So a GEMM writes each chunk's
+dot products c.x codeword-major, (K, frames), and a small numba kernel sweeps the K rows of |c|^2 - 2 c.x keeping a
 running best, second best and index per frame. Its inner loop runs over contiguous frames with branch-free selects,
 which LLVM turns into SIMD compares and blends; four codeword rows per sweep cut the loads and stores of the running
 values by four. Strict `<` keeps the first of equal distances, as torch.argmin does. numba comes with librosa.
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
-from .quantize import gemm_gamma, largest_sq_norm
+from .quantize import gemm_gamma
 
 
 def _compiled(**options):
@@ -57,13 +57,15 @@ def _compiled(**options):
 
 @_compiled()
 def _running_top2(dists, offsets, best, second, index):  # pragma: no cover - compiled; tested through nearest_two_cpu
-    """dists (K, n) float32 C-contiguous, each row to be added to its offset (K,) float32 (|c|^2: the GEMM wrote
-    -2 c.x); writes best (n,) float32, the smallest sum of each column, index (n,) int32, the first row that holds
-    it, and second (n,), the smallest sum other than the one at index (equal to best on a tie; inf with one row).
-    Four rows per sweep cut the loads and stores of the running values by four."""
+    """dists (K, n) float32 C-contiguous, the dot products c.x, each row to be taken as offset - 2 c.x with its
+    offset (K,) float32 (|c|^2; doubling is exact, so each value is rounded once, as in a GEMM's beta=1 update);
+    writes best (n,) float32, the smallest value of each column, index (n,) int32, the first row that holds it, and
+    second (n,), the smallest value other than the one at index (equal to best on a tie; inf with one row). Four
+    rows per sweep cut the loads and stores of the running values by four."""
     num_rows, n = dists.shape
+    two = np.float32(2.0)
     for col in range(n):
-        best[col], second[col], index[col] = dists[0, col] + offsets[0], np.inf, 0
+        best[col], second[col], index[col] = offsets[0] - two * dists[0, col], np.inf, 0
     row = 1
     while row + 4 <= num_rows:
         row0, row1, row2, row3 = dists[row], dists[row + 1], dists[row + 2], dists[row + 3]
@@ -71,23 +73,23 @@ def _running_top2(dists, offsets, best, second, index):  # pragma: no cover - co
         k0, k1, k2, k3 = np.int32(row), np.int32(row + 1), np.int32(row + 2), np.int32(row + 3)
         for col in range(n):
             b, s, i = best[col], second[col], index[col]
-            v = row0[col] + o0
+            v = o0 - two * row0[col]
             take = v < b
             s, b, i = (b if take else min(s, v)), (v if take else b), (k0 if take else i)
-            v = row1[col] + o1
+            v = o1 - two * row1[col]
             take = v < b
             s, b, i = (b if take else min(s, v)), (v if take else b), (k1 if take else i)
-            v = row2[col] + o2
+            v = o2 - two * row2[col]
             take = v < b
             s, b, i = (b if take else min(s, v)), (v if take else b), (k2 if take else i)
-            v = row3[col] + o3
+            v = o3 - two * row3[col]
             take = v < b
             second[col], best[col], index[col] = (b if take else min(s, v)), (v if take else b), (k3 if take else i)
         row += 4
     while row < num_rows:
         values, offset, k = dists[row], offsets[row], np.int32(row)
         for col in range(n):
-            v, b = values[col] + offset, best[col]
+            v, b = offset - two * values[col], best[col]
             take = v < b
             second[col] = b if take else min(second[col], v)
             best[col], index[col] = (v if take else b), (k if take else index[col])
@@ -98,14 +100,14 @@ def _running_top2(dists, offsets, best, second, index):  # pragma: no cover - co
 def _nearest_two_in_chunk(
     dists, centroid_sq, frames, centroids, frames_sq, gamma, largest_sq, sq_dists, second_sq, indices, index32
 ):  # pragma: no cover - compiled
-    """The nearest centroid of each column of dists (K, n) + centroid_sq (K,), the partial distances |c|^2 - 2 x.c of
-    the frames (n, D):
-    its index into indices (n,) int64 and its squared distance into sq_dists, the second smallest into second_sq
-    (both with frames_sq added, clamped at zero against rounding). Where the two smallest are closer than the GEMM's
-    rounding can blur (4 gamma (|x|^2 + max|c|^2), twice the bound on one distance's error), the fp32 order proves
-    nothing: such a frame takes the float64 argmin of the directly summed distances to every centroid within that
-    bound of the smallest (its sq_dists the winner's, its second_sq the smallest GEMM distance, a safe lower bound
-    on every other). So labels are the float64 argmin's, ties to the first centroid. Returns how many were re-ranked."""
+    """The nearest centroid of each frame (n, D) by the partial distances |c|^2 - 2 x.c, from the dot products dists
+    (K, n) and centroid_sq (K,): its index into indices (n,) int64 and its squared distance into sq_dists, the
+    second smallest into second_sq (both with frames_sq added, clamped at zero against rounding). Where the two
+    smallest are closer than the GEMM's rounding can blur (4 gamma (|x|^2 + max|c|^2), twice the bound on one
+    distance's error), the fp32 order proves nothing: such a frame takes the float64 argmin of the directly summed
+    distances to every centroid within that bound of the smallest (its sq_dists the winner's, its second_sq the
+    smallest GEMM distance, a safe lower bound on every other). So labels are the float64 argmin's, ties to the
+    first centroid. Returns how many were re-ranked."""
     _running_top2(dists, centroid_sq, sq_dists, second_sq, index32)
     near, limits = np.empty(sq_dists.shape[0], dtype=np.int32), np.empty(sq_dists.shape[0], dtype=np.float64)
     count = 0
@@ -136,10 +138,11 @@ def _float64_argmins(
     exact in float64); its index and distance replace the column's, and second_sq takes the smallest GEMM distance.
     Row by row over the near columns (in order), not column by column: a column of dists is strided by the chunk."""
     winners, winner_sq = np.zeros(near.shape[0], dtype=np.int32), np.full(near.shape[0], np.inf)
+    two = np.float32(2.0)
     for row in range(dists.shape[0]):
         values, offset, codeword = dists[row], centroid_sq[row], centroids[row]
         for i in range(near.shape[0]):
-            if values[near[i]] + offset <= limits[i]:
+            if offset - two * values[near[i]] <= limits[i]:
                 frame, total = frames[near[i]], 0.0
                 for d in range(frame.shape[0]):
                     diff = np.float64(frame[d]) - np.float64(codeword[d])
@@ -211,6 +214,18 @@ def _row_sq_norms(frames, out):  # pragma: no cover - compiled
 
 
 @_compiled()
+def _largest_sq_norm(rows):  # pragma: no cover - compiled
+    """quantize.largest_sq_norm without torch: the largest squared row norm, summed in float64."""
+    largest = 0.0
+    for row in range(rows.shape[0]):
+        total = 0.0
+        for col in range(rows.shape[1]):
+            total += np.float64(rows[row, col]) * np.float64(rows[row, col])
+        largest = max(largest, total)
+    return largest
+
+
+@_compiled()
 def _add_rows_by_label(frames, labels, sums):  # pragma: no cover - compiled
     for row in range(frames.shape[0]):
         target = sums[labels[row]]
@@ -266,7 +281,8 @@ def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None =
     frames, centroids = frames.detach().to(torch.float32).contiguous(), centroids.detach().to(torch.float32)
     codewords = centroids.contiguous().numpy()
     num_frames = frames.shape[0] if rows is None else rows.numel()
-    workers = max(1, min(torch.get_num_threads(), num_frames // MIN_FRAMES_PER_WORKER))
+    work = num_frames * codewords.shape[0] * codewords.shape[1]  # multiply-adds of the GEMM
+    workers = max(1, min(torch.get_num_threads(), work // MIN_WORK_PER_WORKER))
     chunk_size = max(1, min(chunk_size, -(-num_frames // workers)))
     outputs = Outputs(num_frames)
     if frames_sq is not None:
@@ -277,7 +293,9 @@ def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None =
     return outputs.indices, outputs.sq_dists, outputs.second_sq
 
 
-MIN_FRAMES_PER_WORKER = 256  # below this a worker thread costs more than the frames it takes
+# Starting a worker thread costs ~0.3 ms here; 2^24 multiply-adds take about as long on one core (2-core AMD EPYC:
+# D=39 K=100 gained from ~6,000 frames on, D=768 K=500 from fewer than 600).
+MIN_WORK_PER_WORKER = 1 << 24
 
 
 class Outputs:
@@ -295,10 +313,10 @@ class _ChunkSweep:
 
     def __init__(self, frames, rows, codewords, chunk_size, outputs: Outputs, norms_given: bool):
         self.frames, self.rows, self.codewords, self.chunk_size = frames, rows, codewords, chunk_size
-        self.scaled = -2.0 * codewords  # exact: the GEMM then writes -2 c.x with the rounding of c.x
         self.centroid_sq = np.empty(codewords.shape[0], dtype=np.float32)
         _row_sq_norms(codewords, self.centroid_sq)
-        self.gamma, self.largest_sq = gemm_gamma(codewords.shape[1]), largest_sq_norm(torch.from_numpy(codewords))
+        # No torch op here: its OpenMP threads spin on after a parallel region, taking a core from the workers.
+        self.gamma, self.largest_sq = gemm_gamma(codewords.shape[1]), _largest_sq_norm(codewords)
         self.out = [t.numpy() for t in (outputs.indices, outputs.sq_dists, outputs.second_sq, outputs.norms)]
         self.norms_given, self.num_frames = norms_given, len(outputs.indices)
         self.next_chunk = itertools.count()  # next() on it is atomic under the GIL
@@ -319,7 +337,7 @@ class _ChunkSweep:
             if not self.norms_given:
                 _row_sq_norms(chunk, norms[start:end])
             dists = dists_buffer[: num_codewords * (end - start)].reshape(num_codewords, end - start)
-            np.matmul(self.scaled, chunk.T, out=dists)  # (codebook_size, chunk): the sweep reads rows
+            np.matmul(self.codewords, chunk.T, out=dists)  # (codebook_size, chunk): the sweep reads rows
             _nearest_two_in_chunk(
                 dists, self.centroid_sq, chunk, self.codewords, norms[start:end], self.gamma, self.largest_sq,
                 sq_dists[start:end], second_sq[start:end], indices[start:end], index32[: end - start],

@@ -141,11 +141,16 @@ def test_labels_are_the_float64_argmin_where_fp32_gemm_order_is_wrong(offset):
 
 
 @pytest.mark.parametrize("with_rows", [False, True])
-def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows):
+def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, monkeypatch):
     """One worker per torch thread draws chunks from a shared counter: every frame must be written once, by the
     same arithmetic whichever worker takes its chunk (a chunk skipped leaves torch.empty's garbage; one written at
     the wrong offset moves labels), and numpy's BLAS gets back its own thread count afterwards."""
     from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(cpu_kernels, "MIN_WORK_PER_WORKER", 1)  # three workers even for this small search
+    started = []
+    real_run_workers = cpu_kernels._run_workers
+    monkeypatch.setattr(cpu_kernels, "_run_workers", lambda work, n: started.append(n) or real_run_workers(work, n))
 
     g = torch.Generator().manual_seed(5)
     frames, centroids = torch.randn(5003, 24, generator=g) * 4, torch.randn(37, 24, generator=g) * 4
@@ -159,6 +164,7 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows):
             results.append(cpu_kernels.nearest_two_cpu(frames, centroids, 97, rows=rows))
     finally:
         torch.set_num_threads(threads)
+    assert started == [1, 3]
     for one, three in zip(*results):
         assert torch.equal(one, three)
     chosen = frames if rows is None else frames[rows]
