@@ -172,3 +172,34 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, 
     assert torch.equal(results[1][0], exact.argmin(dim=1))
     torch.testing.assert_close(results[1][1].double(), exact.min(dim=1).values, rtol=1e-5, atol=1e-4)
     assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == blas_before
+
+
+def test_lloyd_holds_torch_to_one_thread_but_not_its_sweeps(monkeypatch):
+    """Between sweeps Lloyd's torch ops run on one thread (libgomp's spinning threads took a core from the next
+    sweep); the sweeps still get one worker per thread the caller asked for, and the caller's setting comes back,
+    also when an iteration fails."""
+    from speechvq.codebook.kmeans import lloyd
+
+    monkeypatch.setattr(cpu_kernels, "MIN_WORK_PER_WORKER", 1)
+    seen = []
+    real_run_workers = cpu_kernels._run_workers
+
+    def spy(work, workers):
+        seen.append((workers, torch.get_num_threads()))
+        return real_run_workers(work, workers)
+
+    monkeypatch.setattr(cpu_kernels, "_run_workers", spy)
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randn(3000, 8, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        lloyd(frames, frames[:10].clone(), max_iter=3, tol=-1.0)
+        assert seen and all(pair == (3, 1) for pair in seen)
+        assert torch.get_num_threads() == 3
+        monkeypatch.setattr(cpu_kernels, "cluster_sums", lambda *args: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            lloyd(frames, frames[:10].clone(), max_iter=3, tol=-1.0)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)

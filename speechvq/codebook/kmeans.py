@@ -4,6 +4,7 @@ cluster sums avoid atomics, so the same seed, data and device give the same code
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -227,33 +228,45 @@ def lloyd(
     iteration that does not end the run. warm_start: the centroids are near a minimum already (k-means' coarse phase
     converged on a sample), so few labels change per step and Hamerly's bounds pay at any codebook
     size (_assignment)."""
-    frames_of = frames_of or LocalFrames()
-    codebook_size = centroids.shape[0]
-    history = list(history or [])
-    converged = False
-    # Training tolerates a rare near-tie flip: plain TF32 is 2x the exact-label fp16 kernel at D=768 (H200).
-    assign = "tf32" if precision == "fast" else "exact"
-    bounded = frames.device.type == "cpu" and (warm_start or codebook_size >= BOUNDS_MIN_CODEBOOK)
-    nearest = _assignment(frames, codebook_size, chunk_size, assign, bounded)
-    labels, sq_dists = nearest(centroids)
-    bar = tqdm(total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False)
-    for _ in range(max_iter - len(history)):
-        centroids = _update(frames, labels, sq_dists, codebook_size, precision, frames_of)
-        new_labels, sq_dists = nearest(centroids)
-        inertia = float(frames_of.sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
-        bar.update(1)
-        bar.set_postfix(inertia=f"{inertia:.5g}")
-        changed = int(frames_of.sum((new_labels != labels).sum().reshape(1)))
-        improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
-        history.append(inertia)
-        labels = new_labels
-        if changed == 0 or improvement < tol:
-            converged = True
-            break
-        if on_iteration is not None:
-            on_iteration(centroids, history)
-    bar.close()
+    with _torch_bookkeeping_threads(frames.device):
+        frames_of = frames_of or LocalFrames()
+        codebook_size = centroids.shape[0]
+        history = list(history or [])
+        converged = False
+        # Training tolerates a rare near-tie flip: plain TF32 is 2x the exact-label fp16 kernel at D=768 (H200).
+        assign = "tf32" if precision == "fast" else "exact"
+        bounded = frames.device.type == "cpu" and (warm_start or codebook_size >= BOUNDS_MIN_CODEBOOK)
+        nearest = _assignment(frames, codebook_size, chunk_size, assign, bounded)
+        labels, sq_dists = nearest(centroids)
+        bar = tqdm(
+            total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False
+        )
+        for _ in range(max_iter - len(history)):
+            centroids = _update(frames, labels, sq_dists, codebook_size, precision, frames_of)
+            new_labels, sq_dists = nearest(centroids)
+            inertia = float(frames_of.sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
+            bar.update(1)
+            bar.set_postfix(inertia=f"{inertia:.5g}")
+            changed = int(frames_of.sum((new_labels != labels).sum().reshape(1)))
+            improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
+            history.append(inertia)
+            labels = new_labels
+            if changed == 0 or improvement < tol:
+                converged = True
+                break
+            if on_iteration is not None:
+                on_iteration(centroids, history)
+        bar.close()
     return KMeansResult(centroids, history[-1], len(history), converged, history)
+
+
+def _torch_bookkeeping_threads(device: torch.device):
+    """On the CPU, Lloyd's torch ops between the sweeps run on one thread (cpu_kernels.torch_on_one_thread)."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    from .. import cpu_kernels  # lazily, as in quantize
+
+    return cpu_kernels.torch_on_one_thread()
 
 
 def _assignment(frames, codebook_size: int, chunk_size: int | None, assign: str, bounded: bool) -> Callable:
