@@ -167,12 +167,12 @@ def _direct_sq_dist(frame, centroid):  # pragma: no cover - compiled
 
 @_compiled(fastmath={"reassoc", "contract"})
 def _bounds_pass(
-    frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists, active
+    frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists, active, offset
 ):  # pragma: no cover
     """One pass of Hamerly's test (codebook.bounds): each frame's direct squared distance to its own centroid into
     sq_dists, its lower bound lowered by the largest move of another centroid (other_moves[own]); the frames whose
     label may change by more than the GEMM's rounding (gamma; largest_sq: the largest |c|^2) are listed in active,
-    in order, and their number returned."""
+    in order and counted from offset, and their number returned."""
     for row in range(frames.shape[0]):
         sq_dists[row] = _direct_sq_dist(frames[row], centroids[labels[row]])
     count = 0
@@ -183,7 +183,7 @@ def _bounds_pass(
         upper_sq = np.float64(sq_dists[row]) * (1 + 4 * gamma)  # the direct sum's rounding is relative
         low, half = max(bound, 0.0), half_gaps[label]
         margin = max(low * low - upper_sq, 4 * half * (half - np.sqrt(upper_sq)))
-        active[count] = row
+        active[count] = row + offset
         count += margin <= 4 * gamma * (np.float64(frames_sq[row]) + largest_sq)
     return count
 
@@ -235,11 +235,43 @@ def _add_rows_by_label(frames, labels, sums):  # pragma: no cover - compiled
 
 
 def cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Per-cluster sums (codebook_size, dim) float64 of float32 frames, added in frame order: deterministic, and
-    one pass (ATen's index_add_ took 2.5x the whole argmin here)."""
-    sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64)
-    _add_rows_by_label(frames.detach().contiguous().numpy(), labels.contiguous().numpy(), sums.numpy())
+    """Per-cluster sums (codebook_size, dim) float64 of float32 frames (ATen's index_add_ took 2.5x the whole
+    argmin here). Deterministic whatever the thread count: the frames are cut into a number of blocks that depends
+    on their count only, each block is added in frame order into its own sums by whichever worker takes it, and the
+    blocks' sums are added in block order."""
+    frames_np, labels_np = frames.detach().contiguous().numpy(), labels.contiguous().numpy()
+    block_rows = _block_rows(frames.shape[0])
+    partials = torch.zeros(-(-frames.shape[0] // block_rows), codebook_size, frames.shape[1], dtype=torch.float64)
+    partials_np = partials.numpy()
+
+    def add_block(block, start, end):
+        _add_rows_by_label(frames_np[start:end], labels_np[start:end], partials_np[block])
+
+    _in_blocks(frames.shape[0], block_rows, add_block)
+    sums = partials[0]
+    for block in partials[1:]:
+        sums += block
     return sums
+
+
+MAX_BLOCKS, MIN_BLOCK_ROWS = 8, 16384  # per-frame passes (sums, bounds): up to 8 workers, 16k frames a block
+
+
+def _block_rows(num_rows: int) -> int:
+    blocks = max(1, min(MAX_BLOCKS, num_rows // MIN_BLOCK_ROWS))
+    return max(1, -(-num_rows // blocks))
+
+
+def _in_blocks(num_rows: int, block_rows: int, task) -> None:
+    """task(block, start, end) for each block of block_rows rows, spread over one worker per thread."""
+    num_blocks = -(-num_rows // block_rows)
+    blocks = itertools.count()
+
+    def work():
+        while (block := next(blocks)) < num_blocks:
+            task(block, block * block_rows, min(num_rows, (block + 1) * block_rows))
+
+    _run_workers(work, max(1, min(_threads(), num_blocks)))
 
 
 def row_sq_norms(frames: torch.Tensor) -> torch.Tensor:
@@ -398,11 +430,20 @@ def _gather_rows(frames, rows, out):  # pragma: no cover - compiled
 
 
 def bounds_pass(frames, centroids, labels, frames_sq, lower, half_gaps, other_moves, gamma, largest_sq, sq_dists):
-    """codebook.bounds' per-iteration test over all frames (see _bounds_pass); returns the rows that may change."""
+    """codebook.bounds' per-iteration test over all frames (see _bounds_pass); returns the rows that may change,
+    in order (each block lists its own; the lists are joined in block order)."""
     active = torch.empty(frames.shape[0], dtype=torch.long)
-    arrays = [t.numpy() for t in (frames, centroids, labels, frames_sq, lower, half_gaps, other_moves)]
-    count = _bounds_pass(*arrays, gamma, largest_sq, sq_dists.numpy(), active.numpy())
-    return active[:count]
+    per_frame = [t.numpy() for t in (frames, labels, frames_sq, lower, sq_dists, active)]
+    shared = [t.numpy() for t in (centroids, half_gaps, other_moves)]
+    block_rows = _block_rows(frames.shape[0])
+    counts = [0] * -(-frames.shape[0] // block_rows)
+
+    def test_block(block, start, end):
+        x, own, x_sq, low, sq, out = (array[start:end] for array in per_frame)
+        counts[block] = _bounds_pass(x, shared[0], own, x_sq, low, *shared[1:], gamma, largest_sq, sq, out, start)
+
+    _in_blocks(frames.shape[0], block_rows, test_block)
+    return torch.cat([active[block * block_rows :][:count] for block, count in enumerate(counts)])
 
 
 def take_labels(frames, centroids, frames_sq, rows, found, second_sq, gamma, largest_sq, labels, lower, sq_dists):

@@ -185,7 +185,8 @@ def test_lloyd_holds_torch_to_one_thread_but_not_its_sweeps(monkeypatch):
     real_run_workers = cpu_kernels._run_workers
 
     def spy(work, workers):
-        seen.append((workers, torch.get_num_threads()))
+        if isinstance(getattr(work, "__self__", None), cpu_kernels._ChunkSweep):  # a sweep, not a per-frame pass
+            seen.append((workers, torch.get_num_threads()))
         return real_run_workers(work, workers)
 
     monkeypatch.setattr(cpu_kernels, "_run_workers", spy)
@@ -203,3 +204,22 @@ def test_lloyd_holds_torch_to_one_thread_but_not_its_sweeps(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cluster_sums_do_not_depend_on_the_thread_count(monkeypatch):
+    """The frames are summed in blocks set by their count alone, and the blocks added in order: 1 and 3 threads
+    give the same bits (a worker summing into the shared total, or blocks added as they finish, would not), and the
+    sums are the float64 ones (a block skipped or taken twice fails)."""
+    monkeypatch.setattr(cpu_kernels, "MIN_BLOCK_ROWS", 1000)
+    g = torch.Generator().manual_seed(9)
+    frames, labels = torch.randn(7001, 13, generator=g) * 100, torch.randint(0, 20, (7001,), generator=g)
+    threads, sums = torch.get_num_threads(), []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            sums.append(cpu_kernels.cluster_sums(frames, labels, 21))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(sums[0], sums[1]) and not sums[0][20].any()
+    expected = torch.zeros(21, 13, dtype=torch.float64).index_add_(0, labels, frames.double())
+    torch.testing.assert_close(sums[0], expected, rtol=1e-12, atol=1e-9)
