@@ -56,7 +56,8 @@ QUIET_S = 0.5
 
 def interleaved(methods: dict, repeats: int) -> dict:
     """Every method once per round, `repeats` rounds, so drift of a shared machine hits all methods alike; each
-    timed call starts after QUIET_S of idle time. Returns {name: (median seconds, min, max, last output)}."""
+    timed call starts after QUIET_S of idle time. Returns {name: (median seconds, min, max, last output, the
+    seconds of each round)}."""
     times = {name: [] for name in methods}
     outputs = {}
     for _ in range(repeats):
@@ -65,7 +66,17 @@ def interleaved(methods: dict, repeats: int) -> dict:
             start = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(t), min(t), max(t), outputs[name]) for name, t in times.items()}
+    return {name: (statistics.median(t), min(t), max(t), outputs[name], t) for name, t in times.items()}
+
+
+def speedups(peer_rounds: list[float], our_rounds: list[float]) -> dict:
+    """A peer's median time over ours, and the range of the same ratio round by round (the rounds are interleaved,
+    so each ratio compares runs minutes apart at most)."""
+    ratios = [peer / ours for peer, ours in zip(peer_rounds, our_rounds)]
+    return {
+        "speechvq_speedup": statistics.median(peer_rounds) / statistics.median(our_rounds),
+        "speedup_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+    }
 
 
 def machine() -> dict:
@@ -108,9 +119,9 @@ def inertia(frames: torch.Tensor, centroids) -> float:
 def record_codebooks(section: str, frames: torch.Tensor, results: dict) -> float:
     """One row per method of an interleaved run that returns centroids (speechvq's first): time, range, inertia on
     all frames, and each peer's time over speechvq's. Returns speechvq's median time."""
-    t_ours = next(iter(results.values()))[0]
-    for name, (median, low, high, centroids) in results.items():
-        extra = {} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}
+    t_ours, ours = next(iter(results.values()))[0], next(iter(results.values()))[4]
+    for name, (median, low, high, centroids, rounds) in results.items():
+        extra = {} if name.startswith("speechvq") else speedups(rounds, ours)
         record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)
     return t_ours
 
@@ -170,14 +181,16 @@ def bench_features(total_seconds: float) -> None:
         torch.set_num_threads(count)
         with torch.inference_mode():  # median of 5 interleaved rounds (the issue's rule for this comparison)
             results = interleaved({"recipe": recipe, "batched": batched}, repeats=5)
-        (t_recipe, lo_r, hi_r, ref), (t_ours, lo_o, hi_o, ours) = results["recipe"], results["batched"]
+        t_recipe, lo_r, hi_r, ref, rounds_r = results["recipe"]
+        t_ours, lo_o, hi_o, ours, rounds_o = results["batched"]
         max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, ours))
         range_r, range_o = f"{lo_r:.3f}-{hi_r:.3f}", f"{lo_o:.3f}-{hi_o:.3f}"
         record("features", f"fairseq recipe (per utterance){suffix}", t_recipe, range_s=range_r, rtf=seconds / t_recipe)
         record("features", f"speechvq mfcc_hubert (batched){suffix}", t_ours, range_s=range_o, rtf=seconds / t_ours,
-               speedup_vs_recipe=t_recipe / t_ours, max_abs_diff=max_diff)  # fmt: skip
+               speedup_vs_recipe=t_recipe / t_ours, speedup_range=speedups(rounds_r, rounds_o)["speedup_range"],
+               max_abs_diff=max_diff)  # fmt: skip
     torch.set_num_threads(threads)
-    t_librosa, _, _, _ = interleaved({"librosa": with_librosa}, repeats=1)["librosa"]
+    t_librosa = interleaved({"librosa": with_librosa}, repeats=1)["librosa"][0]
     record("features", "librosa.feature.mfcc (statics only)", t_librosa, rtf=seconds / t_librosa)
 
 
@@ -312,8 +325,8 @@ def bench_assignment(frames: torch.Tensor, k: int, label: str) -> None:
         "faiss IndexFlatL2.search(k=1)": lambda: torch.from_numpy(index.search(x_contiguous, 1)[1][:, 0]),
     }
     results = interleaved(methods, repeats=5)
-    t_ours = results["speechvq nearest_codewords (fp32)"][0]
-    for name, (median, low, high, labels) in results.items():
+    ours = results["speechvq nearest_codewords (fp32)"][4]
+    for name, (median, low, high, labels, rounds) in results.items():
         record(
             section,
             name,
@@ -321,7 +334,7 @@ def bench_assignment(frames: torch.Tensor, k: int, label: str) -> None:
             range_s=f"{low:.4f}-{high:.4f}",
             frames_per_s=n / median,
             agreement=float((labels == truth).double().mean()),
-            **({} if name.startswith("speechvq") else {"speechvq_speedup": median / t_ours}),
+            **({} if name.startswith("speechvq") else speedups(rounds, ours)),
         )
 
 
