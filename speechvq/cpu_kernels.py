@@ -316,7 +316,7 @@ def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None =
     num_frames = frames.shape[0] if rows is None else rows.numel()
     work = num_frames * codewords.shape[0] * codewords.shape[1]  # multiply-adds of the GEMM
     workers = max(1, min(_threads(), work // MIN_WORK_PER_WORKER))
-    chunk_size = max(1, min(chunk_size, -(-num_frames // workers)))
+    chunk_size = _even_chunks(num_frames, chunk_size, spread=work >= 2 * MIN_WORK_PER_WORKER)
     outputs = Outputs(num_frames)
     if frames_sq is not None:
         outputs.norms = (frames_sq if rows is None else frames_sq[rows]).to(torch.float32).contiguous()
@@ -325,6 +325,18 @@ def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None =
     _run_workers(sweep.work, workers)
     return outputs.indices, outputs.sq_dists, outputs.second_sq
 
+
+def _even_chunks(num_frames: int, chunk_size: int, spread: bool) -> int:
+    """At most chunk_size frames a chunk, all chunks of (nearly) one size, and with spread a multiple of SPREAD of
+    them, so workers finish together (a 25.6k-frame Lloyd pass at 4,096 frames a chunk went 4 + 3 over 2 workers).
+    The chunking depends on the frames alone, not on the thread count, because a GEMM's last bits depend on it."""
+    count = -(-num_frames // max(chunk_size, 1))
+    if spread:
+        count = -(-count // SPREAD) * SPREAD
+    return max(1, -(-num_frames // max(count, 1)))
+
+
+SPREAD = 8  # where two workers would run, chunks come in multiples of this: even over 1, 2, 4 or 8 workers
 
 # Starting a worker thread costs ~0.3 ms here; 2^24 multiply-adds take about as long on one core (2-core AMD EPYC:
 # D=39 K=100 gained from ~6,000 frames on, D=768 K=500 from fewer than 600).

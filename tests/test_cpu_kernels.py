@@ -148,6 +148,11 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, 
     from threadpoolctl import threadpool_info
 
     monkeypatch.setattr(cpu_kernels, "MIN_WORK_PER_WORKER", 1)  # three workers even for this small search
+    seen_chunks = []
+    real_even_chunks = cpu_kernels._even_chunks
+    monkeypatch.setattr(
+        cpu_kernels, "_even_chunks", lambda *a, **k: seen_chunks.append(real_even_chunks(*a, **k)) or seen_chunks[-1]
+    )
     started = []
     real_run_workers = cpu_kernels._run_workers
     monkeypatch.setattr(cpu_kernels, "_run_workers", lambda work, n: started.append(n) or real_run_workers(work, n))
@@ -165,6 +170,7 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, 
     finally:
         torch.set_num_threads(threads)
     assert started == [1, 3]
+    assert seen_chunks[0] == seen_chunks[1] < 97  # spread into a multiple of 8 chunks, the same for both
     for one, three in zip(*results):
         assert torch.equal(one, three)
     chosen = frames if rows is None else frames[rows]
