@@ -317,7 +317,7 @@ def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None =
     work = num_frames * codewords.shape[0] * codewords.shape[1]  # multiply-adds of the GEMM
     workers = max(1, min(_threads(), work // MIN_WORK_PER_WORKER))
     chunk_size = _even_chunks(num_frames, chunk_size, spread=work >= 2 * MIN_WORK_PER_WORKER)
-    outputs = Outputs(num_frames)
+    outputs = _SweepOutputs(num_frames)
     if frames_sq is not None:
         outputs.norms = (frames_sq if rows is None else frames_sq[rows]).to(torch.float32).contiguous()
     sweep = _ChunkSweep(frames.numpy(), None if rows is None else rows.numpy(), codewords, chunk_size, outputs,
@@ -343,7 +343,7 @@ SPREAD = 8  # where two workers would run, chunks come in multiples of this: eve
 MIN_WORK_PER_WORKER = 1 << 24
 
 
-class Outputs:
+class _SweepOutputs:
     """Per-frame results of a sweep (torch tensors, written through numpy views by the workers)."""
 
     def __init__(self, num_frames: int):
@@ -356,7 +356,7 @@ class Outputs:
 class _ChunkSweep:
     """The shared, read-only inputs of one sweep and the chunk counter its workers draw from."""
 
-    def __init__(self, frames, rows, codewords, chunk_size, outputs: Outputs, norms_given: bool):
+    def __init__(self, frames, rows, codewords, chunk_size, outputs: _SweepOutputs, norms_given: bool):
         self.frames, self.rows, self.codewords, self.chunk_size = frames, rows, codewords, chunk_size
         self.centroid_sq = np.empty(codewords.shape[0], dtype=np.float32)
         _row_sq_norms(codewords, self.centroid_sq)
