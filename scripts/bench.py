@@ -119,7 +119,7 @@ def inertia(frames: torch.Tensor, centroids) -> float:
 def record_codebooks(section: str, frames: torch.Tensor, results: dict) -> float:
     """One row per method of an interleaved run that returns centroids (speechvq's first): time, range, inertia on
     all frames, and each peer's time over speechvq's. Returns speechvq's median time."""
-    t_ours, ours = next(iter(results.values()))[0], next(iter(results.values()))[4]
+    t_ours, _, _, _, ours = next(iter(results.values()))
     for name, (median, low, high, centroids, rounds) in results.items():
         extra = {} if name.startswith("speechvq") else speedups(rounds, ours)
         record(section, name, median, range_s=f"{low:.3f}-{high:.3f}", inertia=inertia(frames, centroids), **extra)

@@ -247,7 +247,7 @@ def cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int)
     def add_block(block, start, end):
         _add_rows_by_label(frames_np[start:end], labels_np[start:end], partials_np[block])
 
-    _in_blocks(frames.shape[0], block_rows, add_block)
+    _in_blocks(frames.shape[0], block_rows, lambda: add_block, _threads())
     sums = partials[0]
     for block in partials[1:]:
         sums += block
@@ -262,16 +262,19 @@ def _block_rows(num_rows: int) -> int:
     return max(1, -(-num_rows // blocks))
 
 
-def _in_blocks(num_rows: int, block_rows: int, task) -> None:
-    """task(block, start, end) for each block of block_rows rows, spread over one worker per thread."""
+def _in_blocks(num_rows: int, block_rows: int, worker_task, workers: int) -> None:
+    """The rows in blocks of block_rows, which up to `workers` workers draw in turn from a shared counter (next() on
+    it is atomic under the GIL): each worker calls worker_task() once (its buffers) and then the task it returns,
+    task(block, start, end), for every block it draws."""
     num_blocks = -(-num_rows // block_rows)
     blocks = itertools.count()
 
     def work():
+        task = worker_task()
         while (block := next(blocks)) < num_blocks:
             task(block, block * block_rows, min(num_rows, (block + 1) * block_rows))
 
-    _run_workers(work, max(1, min(_threads(), num_blocks)))
+    _run_workers(work, max(1, min(workers, num_blocks)))
 
 
 def row_sq_norms(frames: torch.Tensor) -> torch.Tensor:
@@ -322,7 +325,7 @@ def _sweep(frames, centroids, chunk_size, frames_sq, rows: torch.Tensor | None =
         outputs.norms = (frames_sq if rows is None else frames_sq[rows]).to(torch.float32).contiguous()
     sweep = _ChunkSweep(frames.numpy(), None if rows is None else rows.numpy(), codewords, chunk_size, outputs,
                         norms_given=frames_sq is not None)  # fmt: skip
-    _run_workers(sweep.work, workers)
+    _in_blocks(num_frames, chunk_size, sweep.worker_task, workers)
     return outputs.indices, outputs.sq_dists, outputs.second_sq
 
 
@@ -354,7 +357,7 @@ class _SweepOutputs:
 
 
 class _ChunkSweep:
-    """The shared, read-only inputs of one sweep and the chunk counter its workers draw from."""
+    """The shared, read-only inputs of one sweep; worker_task gives each worker its buffers and chunk task."""
 
     def __init__(self, frames, rows, codewords, chunk_size, outputs: _SweepOutputs, norms_given: bool):
         self.frames, self.rows, self.codewords, self.chunk_size = frames, rows, codewords, chunk_size
@@ -363,17 +366,16 @@ class _ChunkSweep:
         # No torch op here: its OpenMP threads spin on after a parallel region, taking a core from the workers.
         self.gamma, self.largest_sq = gemm_gamma(codewords.shape[1]), _largest_sq_norm(codewords)
         self.out = [t.numpy() for t in (outputs.indices, outputs.sq_dists, outputs.second_sq, outputs.norms)]
-        self.norms_given, self.num_frames = norms_given, len(outputs.indices)
-        self.next_chunk = itertools.count()  # next() on it is atomic under the GIL
+        self.norms_given = norms_given
 
-    def work(self):
+    def worker_task(self):
         size, num_codewords = self.chunk_size, self.codewords.shape[0]
         dists_buffer = np.empty(num_codewords * size, dtype=np.float32)  # reused: fresh ones cost page faults
         index32 = np.empty(size, dtype=np.int32)
         gathered = np.empty((size, self.frames.shape[1]) if self.rows is not None else (0, 0), dtype=np.float32)
         indices, sq_dists, second_sq, norms = self.out
-        while (start := next(self.next_chunk) * size) < self.num_frames:
-            end = min(start + size, self.num_frames)
+
+        def sweep_chunk(_, start, end):
             if self.rows is None:
                 chunk = self.frames[start:end]
             else:  # a chunk at a time into a buffer the GEMM then reads from cache (see nearest_two_cpu)
@@ -387,6 +389,8 @@ class _ChunkSweep:
                 dists, self.centroid_sq, chunk, self.codewords, norms[start:end], self.gamma, self.largest_sq,
                 sq_dists[start:end], second_sq[start:end], indices[start:end], index32[: end - start],
             )  # fmt: skip
+
+        return sweep_chunk
 
 
 _worker_threads: int | None = None  # set while torch's own ops are held to one thread (torch_on_one_thread)
@@ -454,7 +458,7 @@ def bounds_pass(frames, centroids, labels, frames_sq, lower, half_gaps, other_mo
         x, own, x_sq, low, sq, out = (array[start:end] for array in per_frame)
         counts[block] = _bounds_pass(x, shared[0], own, x_sq, low, *shared[1:], gamma, largest_sq, sq, out, start)
 
-    _in_blocks(frames.shape[0], block_rows, test_block)
+    _in_blocks(frames.shape[0], block_rows, lambda: test_block, _threads())
     return torch.cat([active[block * block_rows :][:count] for block, count in enumerate(counts)])
 
 

@@ -160,7 +160,11 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, 
     g = torch.Generator().manual_seed(5)
     frames, centroids = torch.randn(5003, 24, generator=g) * 4, torch.randn(37, 24, generator=g) * 4
     rows = torch.randperm(5003, generator=g)[:4001] if with_rows else None
-    blas_before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    def blas_threads():  # by library: numba's first call may load scipy's OpenBLAS too, which is not ours to restore
+        return {pool["filepath"]: pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    blas_before = blas_threads()
     threads = torch.get_num_threads()
     results = []
     try:
@@ -177,7 +181,7 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, 
     exact = (chosen.double()[:, None] - centroids.double()[None]).square().sum(dim=2)
     assert torch.equal(results[1][0], exact.argmin(dim=1))
     torch.testing.assert_close(results[1][1].double(), exact.min(dim=1).values, rtol=1e-5, atol=1e-4)
-    assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == blas_before
+    assert {path: count for path, count in blas_threads().items() if path in blas_before} == blas_before
 
 
 def test_lloyd_holds_torch_to_one_thread_but_not_its_sweeps(monkeypatch):
@@ -188,14 +192,14 @@ def test_lloyd_holds_torch_to_one_thread_but_not_its_sweeps(monkeypatch):
 
     monkeypatch.setattr(cpu_kernels, "MIN_WORK_PER_WORKER", 1)
     seen = []
-    real_run_workers = cpu_kernels._run_workers
+    real_in_blocks = cpu_kernels._in_blocks
 
-    def spy(work, workers):
-        if isinstance(getattr(work, "__self__", None), cpu_kernels._ChunkSweep):  # a sweep, not a per-frame pass
+    def spy(num_rows, block_rows, worker_task, workers):
+        if isinstance(getattr(worker_task, "__self__", None), cpu_kernels._ChunkSweep):  # not a per-frame pass
             seen.append((workers, torch.get_num_threads()))
-        return real_run_workers(work, workers)
+        return real_in_blocks(num_rows, block_rows, worker_task, workers)
 
-    monkeypatch.setattr(cpu_kernels, "_run_workers", spy)
+    monkeypatch.setattr(cpu_kernels, "_in_blocks", spy)
     g = torch.Generator().manual_seed(4)
     frames = torch.randn(3000, 8, generator=g)
     threads = torch.get_num_threads()
