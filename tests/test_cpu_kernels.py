@@ -184,6 +184,43 @@ def test_worker_threads_split_chunks_without_losing_or_repeating_one(with_rows, 
     assert {path: count for path, count in blas_threads().items() if path in blas_before} == blas_before
 
 
+def _sweep_in_a_forked_child(frames, centroids, answers):
+    answers.put(cpu_kernels.nearest_cpu(frames, centroids, 97)[0].tolist())  # a list: no shared memory to outlive
+
+
+def test_a_forked_child_starts_its_own_helper_threads(monkeypatch):
+    """The helper threads outlive a sweep, but a forked child (a DataLoader worker) has none of them: its sweeps must
+    start their own (a child that queued its chunks for the parent's helpers waited forever), and the helpers serve
+    the next call here without being started again."""
+    import multiprocessing
+    import threading
+
+    monkeypatch.setattr(cpu_kernels, "MIN_WORK_PER_WORKER", 1)
+    g = torch.Generator().manual_seed(6)
+    frames, centroids = torch.randn(3000, 16, generator=g), torch.randn(30, 16, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        expected = cpu_kernels.nearest_cpu(frames, centroids, 97)[0]
+        helpers = {t for t in threading.enumerate() if t.name.startswith("speechvq-sweep")}
+        assert len(helpers) == 2
+        context = multiprocessing.get_context("fork")
+        answers = context.Queue()
+        child = context.Process(target=_sweep_in_a_forked_child, args=(frames, centroids, answers))
+        child.start()
+        try:
+            got = answers.get(timeout=30)
+        finally:
+            child.join(timeout=30)
+            child.kill()  # a child that hung must not outlive the test
+        assert cpu_kernels.nearest_cpu(frames, centroids, 97)[0].equal(expected)
+        assert {t for t in threading.enumerate() if t.name.startswith("speechvq-sweep")} == helpers
+    finally:
+        torch.set_num_threads(threads)
+    assert child.exitcode == 0
+    assert got == expected.tolist()
+
+
 def test_lloyd_holds_torch_to_one_thread_but_not_its_sweeps(monkeypatch):
     """Between sweeps Lloyd's torch ops run on one thread (libgomp's spinning threads took a core from the next
     sweep); the sweeps still get one worker per thread the caller asked for, and the caller's setting comes back,
