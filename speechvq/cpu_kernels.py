@@ -34,6 +34,7 @@ import contextlib
 import functools
 import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -428,7 +429,7 @@ def _run_workers(work, workers: int) -> None:
         if workers == 1:
             work()
             return
-        others = [_helpers(workers - 1).submit(work) for _ in range(workers - 1)]
+        others = _on_helpers(work, workers - 1)
         work()
         for other in others:
             other.result()
@@ -439,20 +440,23 @@ def _run_workers(work, workers: int) -> None:
 # wait on their queue, and a forked child (a DataLoader worker) has none of them, so it starts its own.
 _helper_pool: ThreadPoolExecutor | None = None
 _helper_count = 0
+_helper_lock = threading.Lock()
 
 
-def _helpers(count: int) -> ThreadPoolExecutor:
+def _on_helpers(work, count: int) -> list:
+    """work() submitted to `count` helpers (futures); the pool grows to count helpers where it has fewer."""
     global _helper_pool, _helper_count
-    if _helper_pool is None or _helper_count < count:
-        if _helper_pool is not None:
-            _helper_pool.shutdown(wait=False)
-        _helper_pool, _helper_count = ThreadPoolExecutor(count, thread_name_prefix="speechvq-sweep"), count
-    return _helper_pool
+    with _helper_lock:  # also around the submits: a pool replaced by another caller takes no more work
+        if _helper_pool is None or _helper_count < count:
+            if _helper_pool is not None:
+                _helper_pool.shutdown(wait=False)  # its helpers finish what they hold, then exit
+            _helper_pool, _helper_count = ThreadPoolExecutor(count, thread_name_prefix="speechvq-sweep"), count
+        return [_helper_pool.submit(work) for _ in range(count)]
 
 
 def _forget_helpers() -> None:
-    global _helper_pool, _helper_count
-    _helper_pool, _helper_count = None, 0
+    global _helper_pool, _helper_count, _helper_lock
+    _helper_pool, _helper_count, _helper_lock = None, 0, threading.Lock()  # the parent's lock may have been held
 
 
 os.register_at_fork(after_in_child=_forget_helpers)
