@@ -263,12 +263,20 @@ def _bench_fit(frames: torch.Tensor, k: int, section: str, seed: int) -> float:
 
 
 def _bench_minibatch(frames: torch.Tensor, k: int, section: str, t_ours: float) -> None:
-    """fairseq's MiniBatchKMeans settings (examples/hubert/simple_kmeans/learn_kmeans.py), once: it takes seconds."""
-    from sklearn.cluster import MiniBatchKMeans
-
+    """fairseq's MiniBatchKMeans, once: it takes seconds."""
     time.sleep(QUIET_S)
     start = time.perf_counter()
-    mbk = MiniBatchKMeans(
+    mbk = fairseq_minibatch_kmeans(k, seed=0).fit(frames.numpy())
+    t_mbk = time.perf_counter() - start
+    record(section, "MiniBatchKMeans fairseq (n_init=20)", t_mbk, inertia=inertia(frames, mbk.cluster_centers_),
+           speechvq_speedup=t_mbk / t_ours)  # fmt: skip
+
+
+def fairseq_minibatch_kmeans(k: int, seed: int):
+    """sklearn's MiniBatchKMeans with the settings of fairseq's examples/hubert/simple_kmeans/learn_kmeans.py."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    return MiniBatchKMeans(
         n_clusters=k,
         init="k-means++",
         max_iter=100,
@@ -278,11 +286,9 @@ def _bench_minibatch(frames: torch.Tensor, k: int, section: str, t_ours: float) 
         n_init=20,
         reassignment_ratio=0.0,
         compute_labels=False,
-        random_state=0,
-    ).fit(frames.numpy())
-    t_mbk = time.perf_counter() - start
-    record(section, "MiniBatchKMeans fairseq (n_init=20)", t_mbk, inertia=inertia(frames, mbk.cluster_centers_),
-           speechvq_speedup=t_mbk / t_ours)  # fmt: skip
+        init_size=None,
+        random_state=seed,
+    )
 
 
 def bench_lloyd(frames: torch.Tensor, k: int, label: str, iterations: int = 10) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench import fairseq_minibatch_kmeans  # this folder is on sys.path when a script here runs
 
 from speechvq.codebook import kmeans
 from speechvq.config import FeatureConfig
@@ -40,7 +41,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    from sklearn.cluster import MiniBatchKMeans
 
     frames = demo_features(args.data)
     print(
@@ -55,21 +55,8 @@ def main() -> None:
         ("speechvq kmeans (k-means++, Lloyd, n_init=3)", time.perf_counter() - start, inertia(frames, fit.centroids))
     )
 
-    # fairseq examples/hubert/simple_kmeans/learn_kmeans.py defaults
     start = time.perf_counter()
-    mbk = MiniBatchKMeans(
-        n_clusters=args.k,
-        init="k-means++",
-        max_iter=100,
-        batch_size=10000,
-        tol=0.0,
-        max_no_improvement=100,
-        n_init=20,
-        reassignment_ratio=0.0,
-        compute_labels=False,
-        init_size=None,
-        random_state=args.seed,
-    ).fit(frames.numpy())
+    mbk = fairseq_minibatch_kmeans(args.k, seed=args.seed).fit(frames.numpy())
     rows.append(
         (
             "sklearn MiniBatchKMeans, fairseq settings (n_init=20)",
