@@ -256,6 +256,38 @@ def cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int)
     return sums
 
 
+@_compiled()
+def _moves_by_label(frames, old_labels, new_labels, sums, counts):  # pragma: no cover - compiled
+    moved = 0
+    for row in range(frames.shape[0]):
+        old, new = old_labels[row], new_labels[row]
+        if old == new:
+            continue
+        moved += 1
+        counts[old] -= 1
+        counts[new] += 1
+        for col in range(frames.shape[1]):
+            value = np.float64(frames[row, col])
+            sums[old, col] -= value
+            sums[new, col] += value
+    return moved
+
+
+def cluster_moves(
+    frames: torch.Tensor, old_labels: torch.Tensor, new_labels: torch.Tensor, codebook_size: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """What relabelling the frames does to cluster_sums and the counts: (sums float64, counts int64, frames moved),
+    each moved frame subtracted from its old cluster and added to its new one, in frame order (deterministic). A
+    pass over the labels and over the few frames that move, instead of over all frames."""
+    sums = torch.zeros(codebook_size, frames.shape[1], dtype=torch.float64)
+    counts = torch.zeros(codebook_size, dtype=torch.long)
+    moved = _moves_by_label(
+        frames.detach().contiguous().numpy(), old_labels.contiguous().numpy(), new_labels.contiguous().numpy(),
+        sums.numpy(), counts.numpy(),
+    )  # fmt: skip
+    return sums, counts, int(moved)
+
+
 MAX_BLOCKS, MIN_BLOCK_ROWS = 8, 16384  # per-frame passes (sums, bounds): up to 8 workers, 16k frames a block
 
 

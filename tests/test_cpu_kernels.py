@@ -56,6 +56,24 @@ def test_row_norms_and_cluster_sums_equal_float64_torch():
     torch.testing.assert_close(sums, expected, rtol=1e-12, atol=1e-9)
 
 
+def test_cluster_moves_are_the_change_in_cluster_sums_and_counts():
+    """Relabelling moves each changed frame out of its old cluster and into its new one: the moves equal the new
+    sums less the old (a sign swapped, or old and new labels swapped, fails), the counts change by whole frames,
+    and the frames that keep their label are not touched."""
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randn(9_000, 39, generator=g) * 10
+    old = torch.randint(0, 30, (9_000,), generator=g)
+    new = torch.where(torch.rand(9_000, generator=g) < 0.1, torch.randint(0, 30, (9_000,), generator=g), old)
+    new[new == 29] = 3  # cluster 29 loses all its frames
+    sums, counts, moved = cpu_kernels.cluster_moves(frames, old, new, 30)
+    assert moved == int((old != new).sum()) and 500 < moved < 1_500
+    assert torch.equal(counts, torch.bincount(new, minlength=30) - torch.bincount(old, minlength=30))
+    expected = cpu_kernels.cluster_sums(frames, new, 30) - cpu_kernels.cluster_sums(frames, old, 30)
+    torch.testing.assert_close(sums, expected, rtol=0, atol=1e-9)
+    unmoved = cpu_kernels.cluster_moves(frames, old, old, 30)
+    assert unmoved[2] == 0 and not unmoved[0].any() and not unmoved[1].any()
+
+
 @pytest.mark.parametrize("dim,size", [(39, 100), (768, 500), (5, 3)])
 def test_numba_and_torch_paths_give_the_same_labels(dim, size):
     """nearest_codewords takes torch's path (ATen min) in a process that has not loaded numba, for small calls;

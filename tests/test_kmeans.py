@@ -53,6 +53,29 @@ def test_inertia_never_increases_and_matches_assignment():
     assert fit.inertia == pytest.approx(float(brute), rel=1e-4)
 
 
+def test_lloyd_totals_follow_the_labels_of_the_centroids_offered():
+    """Each offered state's cluster totals are those of the labels its centroids give (the labels a resumed run
+    starts from): counts exact, sums a fresh float64 sum's to rounding. Totals one step behind fail the counts.
+    On frames whose values span many magnitudes the moved totals differ from a fresh sum in the last bits, which
+    is why a checkpoint carries them instead of a resumed run summing afresh."""
+    g = torch.Generator().manual_seed(3)
+    points, _, _ = planted(num_clusters=10, per_cluster=300, dim=5, spread=4.0, seed=3)
+    points = points * 10 ** torch.empty(points.shape[0], 1).uniform_(-4, 3, generator=g)
+    offered = []
+    lloyd(points, points[:16].clone(), max_iter=12, tol=-1.0, on_iteration=lambda c, h, t: offered.append((c, t)))
+    assert len(offered) == 12
+    from speechvq import cpu_kernels
+
+    bits_differ = False
+    for centroids, totals in offered:
+        labels, _ = nearest_codewords(points, centroids)
+        assert torch.equal(totals.counts, torch.bincount(labels, minlength=16))
+        fresh = cpu_kernels.cluster_sums(points, labels, 16)
+        torch.testing.assert_close(totals.sums, fresh, rtol=1e-12, atol=1e-9)
+        bits_differ |= not torch.equal(totals.sums, fresh)
+    assert bits_differ
+
+
 def test_n_init_keeps_the_best_restart():
     # Restart r of kmeans(n_init=4) is what kmeans(n_init=1) gives when the same generator has already served r
     # restarts, so the four restarts can be reproduced one by one and the winner checked against them.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -58,6 +59,23 @@ def test_every_saved_state_resumes_to_the_same_codebook(tmp_path):
     # A state saved under another key (other data or settings) is not resumed: a fresh run, the same result.
     other = KMeansCheckpointFile(tmp_path / "state.safetensors", "other key", every_s=0)
     assert other.load() is None and torch.equal(_fit(other).centroids, reference.centroids)
+
+
+def test_a_resumed_run_takes_the_cluster_totals_from_the_state(tmp_path):
+    """The totals go through the checkpoint file bit for bit, and a resumed run continues from them rather than
+    summing afresh: the same state with doubled sums gives other centroids (a resume that ignored them would not)."""
+    recorder = Recorder()
+    reference = _fit(recorder)
+    winning = [s for s in recorder.states if reference.inertia_history[: len(s.history)] == s.history]
+    state = winning[len(winning) // 2]  # a state of the restart that wins, so its totals decide the result
+    assert state.totals is not None and int(state.totals.counts.sum()) == 3000
+    file = KMeansCheckpointFile(tmp_path / "state.safetensors", "key", every_s=0)
+    file.save(state)
+    loaded = file.load().totals
+    assert torch.equal(loaded.sums, state.totals.sums) and torch.equal(loaded.counts, state.totals.counts)
+    doubled = replace(state, totals=replace(state.totals, sums=state.totals.sums * 2))
+    assert not torch.equal(_fit(Recorder(doubled)).centroids, reference.centroids)
+    assert torch.equal(_fit(Recorder(state)).centroids, reference.centroids)
 
 
 def _train_command(run_dir):

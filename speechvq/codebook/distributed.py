@@ -12,7 +12,16 @@ import logging
 import torch
 import torch.distributed as dist
 
-from .kmeans import Checkpointer, KMeansResult, KMeansState, LocalFrames, kmeans_plusplus, lloyd, sample_sizes
+from .kmeans import (
+    Checkpointer,
+    ClusterTotals,
+    KMeansResult,
+    KMeansState,
+    LocalFrames,
+    kmeans_plusplus,
+    lloyd,
+    sample_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,9 @@ def distributed_kmeans(
         raise ValueError(f"need at least codebook_size={codebook_size} frames to train, got {total}")
     generator = torch.Generator().manual_seed(seed)  # identical on every rank: the same global permutation
     resumed = _resumed_state(checkpointer, codebook_size, local_frames)
+    totals = None
     if resumed is not None:
-        centroids, history = resumed
+        centroids, history, totals = resumed
         log.info("distributed k-means: resumed after %d iterations", len(history))
     else:
         # The samples for seeding and the coarse Lloyd phase, assembled on every rank: each rank fills the rows it
@@ -59,31 +69,43 @@ def distributed_kmeans(
         if sample < total:
             centroids = lloyd(gathered[:sample], centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size).centroids
 
-    def offer(centroids, so_far):  # the state is the same on every rank; rank 0 writes it
+    def offer(centroids, so_far, totals):  # the state is the same on every rank; rank 0 writes it
         if dist.get_rank() == 0:
-            checkpointer.save(KMeansState(0, centroids, list(so_far), generator.get_state(), None))
+            checkpointer.save(KMeansState(0, centroids, list(so_far), generator.get_state(), None, totals))
 
     return lloyd(local_frames, centroids, max_iter=max_iter, tol=tol, chunk_size=chunk_size, frames_of=AllRanks(),
-                 history=history, on_iteration=offer if checkpointer else None,
+                 history=history, totals=totals, on_iteration=offer if checkpointer else None,
                  warm_start=sample_sizes(total, codebook_size)[1] < total)  # fmt: skip
 
 
 def _resumed_state(checkpointer, codebook_size: int, local_frames: torch.Tensor):
-    """(centroids, history) of the state rank 0 loads, broadcast to every rank; None when there is none."""
+    """(centroids, history, totals or None) of the state rank 0 loads, broadcast to every rank; None when there is
+    none."""
     if checkpointer is None:
         return None
     device, dim = local_frames.device, local_frames.shape[1]
     state = checkpointer.load() if dist.get_rank() == 0 else None
     ok = state is not None and tuple(state.centroids.shape) == (codebook_size, dim)
-    length = torch.tensor([len(state.history) if ok else -1], device=device)
-    dist.broadcast(length, src=0)
-    if int(length) < 0:
+    has_totals = ok and state.totals is not None and state.totals.sums.dtype == torch.float64
+    header = torch.tensor([len(state.history) if ok else -1, int(has_totals)], device=device)
+    dist.broadcast(header, src=0)
+    length, has_totals = int(header[0]), bool(header[1])
+    if length < 0:
         return None
     centroids = state.centroids.to(device, torch.float32) if ok else torch.empty(codebook_size, dim, device=device)
-    history = torch.tensor(state.history if ok else [0.0] * int(length), dtype=torch.float64, device=device)
+    history = torch.tensor(state.history if ok else [0.0] * length, dtype=torch.float64, device=device)
     dist.broadcast(centroids, src=0)
     dist.broadcast(history, src=0)
-    return centroids, history.tolist()
+    if not has_totals:
+        return centroids, history.tolist(), None
+    if dist.get_rank() == 0:
+        sums, counts = state.totals.sums.to(device), state.totals.counts.to(device)
+    else:
+        sums = torch.empty(codebook_size, dim, dtype=torch.float64, device=device)
+        counts = torch.empty(codebook_size, dtype=torch.long, device=device)
+    dist.broadcast(sums, src=0)
+    dist.broadcast(counts, src=0)
+    return centroids, history.tolist(), ClusterTotals(sums, counts)
 
 
 class AllRanks(LocalFrames):

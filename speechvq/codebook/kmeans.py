@@ -30,6 +30,15 @@ class KMeansResult:
     sample_iterations: int = 0  # Lloyd iterations on k-means' sample before the full-data ones (0: none run here)
 
 
+@dataclass(frozen=True)
+class ClusterTotals:
+    """Per-cluster sums (codebook_size, dim) and frame counts (codebook_size,) of every frame's current label, over
+    all ranks: the centroids of the next Lloyd step are sums / counts."""
+
+    sums: torch.Tensor  # float64 (float32 for CUDA's precision="fast" without Triton)
+    counts: torch.Tensor  # int64
+
+
 @dataclass
 class KMeansState:
     """Where k-means stands after a Lloyd iteration: enough to continue to the very same codebook."""
@@ -39,6 +48,7 @@ class KMeansState:
     history: list[float]  # its inertia per iteration so far
     generator_state: torch.Tensor  # the generator after the restart's seeding (the later restarts draw from it)
     best: KMeansResult | None  # the best finished restart so far
+    totals: ClusterTotals | None = None  # of the labels the centroids give: a resumed run must not sum afresh
 
 
 class Checkpointer(Protocol):
@@ -76,15 +86,16 @@ def kmeans(
         if resumed is not None and restart == resumed.restart:
             generator.set_state(resumed.generator_state)
             start, history, sample_iterations = resumed.centroids.to(frames.device), list(resumed.history), 0
+            totals = resumed.totals
             log.info("k-means restart %d/%d: resumed after %d iterations", restart + 1, n_init, len(history))
         else:
-            history = []
+            history, totals = [], None
             start, sample_iterations = _coarse_start(
                 frames, codebook_size, generator, max_iter, tol, chunk_size, precision
             )
 
-        def offer(centroids, so_far, restart=restart, best=best):  # best: the finished restarts' winner
-            checkpointer.save(KMeansState(restart, centroids, list(so_far), generator.get_state(), best))
+        def offer(centroids, so_far, totals, restart=restart, best=best):  # best: the finished restarts' winner
+            checkpointer.save(KMeansState(restart, centroids, list(so_far), generator.get_state(), best, totals))
 
         result = lloyd(
             frames,
@@ -96,6 +107,7 @@ def kmeans(
             description=f"k-means {restart + 1}/{n_init}",
             precision=precision,
             history=history,
+            totals=totals,
             on_iteration=offer if checkpointer else None,
             warm_start=sample_sizes(frames.shape[0], codebook_size)[1] < frames.shape[0],  # not bool(history): a
             # resumed run must take the path the uninterrupted one took (their distances are summed differently)
@@ -219,12 +231,14 @@ def lloyd(
     precision: str = "exact",
     frames_of: LocalFrames | None = None,
     history: list[float] | None = None,
-    on_iteration: Callable[[torch.Tensor, list[float]], None] | None = None,
+    totals: ClusterTotals | None = None,
+    on_iteration: Callable[[torch.Tensor, list[float], ClusterTotals], None] | None = None,
     warm_start: bool = False,
 ) -> KMeansResult:
     """Lloyd iterations from the given centroids until no label changes or the relative inertia gain drops
     below tol. frames_of: where the frames are (this process by default; all ranks under torchrun). history:
-    the inertias of iterations already run (a resumed run); on_iteration(centroids, history) after each
+    the inertias of iterations already run (a resumed run); totals: the cluster totals of the labels these
+    centroids give, as that run had them (None: summed afresh); on_iteration(centroids, history, totals) after each
     iteration that does not end the run. warm_start: the centroids are near a minimum already (k-means' coarse phase
     converged on a sample), so few labels change per step and Hamerly's bounds pay at any codebook
     size (_assignment)."""
@@ -238,11 +252,15 @@ def lloyd(
         bounded = frames.device.type == "cpu" and (warm_start or codebook_size >= BOUNDS_MIN_CODEBOOK)
         nearest = _assignment(frames, codebook_size, chunk_size, assign, bounded)
         labels, sq_dists = nearest(centroids)
+        if totals is None:
+            totals = _cluster_totals(frames, labels, codebook_size, precision, frames_of)
+        else:
+            totals = ClusterTotals(totals.sums.to(frames.device), totals.counts.to(frames.device))
         bar = tqdm(
             total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False
         )
         for _ in range(max_iter - len(history)):
-            centroids = _update(frames, labels, sq_dists, codebook_size, precision, frames_of)
+            centroids = _centroids(frames, sq_dists, totals, frames_of)
             new_labels, sq_dists = nearest(centroids)
             inertia = float(frames_of.sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
             bar.update(1)
@@ -250,12 +268,13 @@ def lloyd(
             changed = int(frames_of.sum((new_labels != labels).sum().reshape(1)))
             improvement = (history[-1] - inertia) / max(history[-1], 1e-30) if history else math.inf
             history.append(inertia)
-            labels = new_labels
             if changed == 0 or improvement < tol:
                 converged = True
                 break
+            totals = _relabelled(totals, frames, labels, new_labels, precision, frames_of)
+            labels = new_labels
             if on_iteration is not None:
-                on_iteration(centroids, history)
+                on_iteration(centroids, history, totals)
         bar.close()
     return KMeansResult(centroids, history[-1], len(history), converged, history)
 
@@ -290,7 +309,7 @@ def _assignment(frames, codebook_size: int, chunk_size: int | None, assign: str,
 BOUNDS_MIN_CODEBOOK = 500
 
 
-def _update(frames, labels, sq_dists, codebook_size, precision, frames_of: LocalFrames) -> torch.Tensor:
+def _cluster_totals(frames, labels, codebook_size, precision, frames_of: LocalFrames) -> ClusterTotals:
     counts = frames_of.sum(torch.bincount(labels, minlength=codebook_size))
     if precision == "fast" and frames.is_cuda and gpu_kernels.available(frames.device):
         sums = gpu_kernels.segment_sums(frames, labels, codebook_size)
@@ -298,8 +317,25 @@ def _update(frames, labels, sq_dists, codebook_size, precision, frames_of: Local
         sums = torch.zeros(codebook_size, frames.shape[1], device=frames.device).index_add_(0, labels, frames)
     else:
         sums = _cluster_sums(frames, labels, codebook_size)
-    updated = (frames_of.sum(sums) / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
-    empty = (counts == 0).nonzero().squeeze(1)
+    return ClusterTotals(frames_of.sum(sums), counts)
+
+
+def _relabelled(totals: ClusterTotals, frames, labels, new_labels, precision, frames_of: LocalFrames) -> ClusterTotals:
+    """The totals after the frames move from `labels` to `new_labels`. On the CPU only the frames whose label changed
+    are moved (after the first steps, a few percent of them): a pass over all frames' values per step cost 12-15 %
+    of k-means' full-data iterations at D=39. The moves are added in frame order, so the totals stay deterministic;
+    they differ from a fresh sum by float64 rounding only, which is why a checkpoint carries them."""
+    if frames.device.type != "cpu":
+        return _cluster_totals(frames, new_labels, totals.counts.numel(), precision, frames_of)
+    from .. import cpu_kernels  # lazily, as in quantize
+
+    sums, counts, _ = cpu_kernels.cluster_moves(frames, labels, new_labels, totals.counts.numel())
+    return ClusterTotals(totals.sums + frames_of.sum(sums), totals.counts + frames_of.sum(counts))
+
+
+def _centroids(frames, sq_dists, totals: ClusterTotals, frames_of: LocalFrames) -> torch.Tensor:
+    updated = (totals.sums / totals.counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+    empty = (totals.counts == 0).nonzero().squeeze(1)
     if empty.numel():
         # Re-seed each empty cluster at one of the frames worst served by the current codebook.
         updated[empty] = frames_of.farthest(frames, sq_dists, empty.numel())

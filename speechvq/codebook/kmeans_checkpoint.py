@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from ..fileio import write_bytes
-from .kmeans import KMeansResult, KMeansState
+from .kmeans import ClusterTotals, KMeansResult, KMeansState
 
 
 class KMeansCheckpointFile:
@@ -41,7 +41,8 @@ class KMeansCheckpointFile:
                 tensors["best_history"].tolist(),
             )  # fmt: skip
         history = tensors["history"].tolist()
-        return KMeansState(meta["restart"], tensors["centroids"], history, tensors["generator_state"], best)
+        totals = ClusterTotals(tensors["sums"], tensors["counts"]) if "sums" in tensors else None
+        return KMeansState(meta["restart"], tensors["centroids"], history, tensors["generator_state"], best, totals)
 
     def save(self, state: KMeansState) -> None:
         now = time.monotonic()
@@ -53,6 +54,8 @@ class KMeansCheckpointFile:
             "history": torch.tensor(state.history, dtype=torch.float64),
             "generator_state": state.generator_state.cpu().contiguous(),
         }
+        if state.totals is not None:
+            tensors.update(sums=state.totals.sums.cpu().contiguous(), counts=state.totals.counts.cpu().contiguous())
         meta = {"key": self.key, "restart": state.restart, "iterations": len(state.history)}
         if state.best is not None:
             tensors["best_centroids"] = state.best.centroids.detach().cpu().contiguous()
