@@ -323,8 +323,9 @@ def _cluster_totals(frames, labels, codebook_size, precision, frames_of: LocalFr
 def _relabelled(totals: ClusterTotals, frames, labels, new_labels, precision, frames_of: LocalFrames) -> ClusterTotals:
     """The totals after the frames move from `labels` to `new_labels`. On the CPU only the frames whose label changed
     are moved (after the first steps, a few percent of them) instead of a pass over all frames' values per step
-    (1.9 ms of a 13-20 ms full-data step at D=39 K=100 on 216k frames, 2-core AMD EPYC). The moves are added in frame order, so the totals stay deterministic;
-    they differ from a fresh sum by float64 rounding only, which is why a checkpoint carries them."""
+    (1.9 ms of a 13-20 ms full-data step at D=39 K=100 on 216k frames, 2-core AMD EPYC). The moves are added in frame
+    order, so the totals stay deterministic; they differ from a fresh sum by float64 rounding only, which is why a
+    checkpoint carries them."""
     if frames.device.type != "cpu":
         return _cluster_totals(frames, new_labels, totals.counts.numel(), precision, frames_of)
     from .. import cpu_kernels  # lazily, as in quantize
