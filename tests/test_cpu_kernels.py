@@ -209,7 +209,8 @@ def _sweep_in_a_forked_child(frames, centroids, answers):
 def test_a_forked_child_starts_its_own_helper_threads(monkeypatch):
     """The helper threads outlive a sweep, but a forked child (a DataLoader worker) has none of them: its sweeps must
     start their own (a child that queued its chunks for the parent's helpers waited forever), and the helpers serve
-    the next call here without being started again."""
+    the next call here without being started again (how many a call starts depends on timing: ThreadPoolExecutor
+    starts one only when no helper is idle)."""
     import multiprocessing
     import threading
 
@@ -221,7 +222,7 @@ def test_a_forked_child_starts_its_own_helper_threads(monkeypatch):
     try:
         expected = cpu_kernels.nearest_cpu(frames, centroids, 97)[0]
         helpers = {t for t in threading.enumerate() if t.name.startswith("speechvq-sweep")}
-        assert len(helpers) == 2
+        assert helpers
         context = multiprocessing.get_context("fork")
         answers = context.Queue()
         child = context.Process(target=_sweep_in_a_forked_child, args=(frames, centroids, answers))

@@ -74,10 +74,9 @@ def kmeans(
 ) -> KMeansResult:
     """Cluster frames (num_frames, dim) into codebook_size centroids; best of n_init restarts.
 
-    precision="fast" (CUDA) assigns with a TF32 GEMM and sums clusters by label segments in float64
-    (gpu_kernels.segment_sums: no atomics, reproducible; without Triton, index_add_'s atomics); "exact" is fp32
-    GEMMs and deterministic. checkpointer: state is offered after each Lloyd
-    iteration, and a saved state is resumed from, giving the same codebook as an uninterrupted run."""
+    precision="fast" (CUDA): TF32 GEMM labels, cluster sums by label segments in float64 (gpu_kernels.segment_sums;
+    without Triton, index_add_'s atomics); "exact": fp32 GEMMs, deterministic. checkpointer: the state is offered
+    after each Lloyd iteration, and a saved state is resumed from, giving the same codebook as an uninterrupted run."""
     _check_arguments(frames, codebook_size, max_iter, n_init, chunk_size, precision)
     frames = frames.to(torch.float32).contiguous()
     resumed = checkpointer.load() if checkpointer else None
