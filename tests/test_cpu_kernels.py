@@ -209,8 +209,8 @@ def _sweep_in_a_forked_child(frames, centroids, answers):
 def test_a_forked_child_starts_its_own_helper_threads(monkeypatch):
     """The helper threads outlive a sweep, but a forked child (a DataLoader worker) has none of them: its sweeps must
     start their own (a child that queued its chunks for the parent's helpers waited forever), and the helpers serve
-    the next call here without being started again (how many a call starts depends on timing: ThreadPoolExecutor
-    starts one only when no helper is idle)."""
+    the next call here from the same pool (how many helpers a call starts depends on timing: ThreadPoolExecutor starts
+    one only when none is idle, up to the pool's size)."""
     import multiprocessing
     import threading
 
@@ -233,7 +233,8 @@ def test_a_forked_child_starts_its_own_helper_threads(monkeypatch):
             child.join(timeout=30)
             child.kill()  # a child that hung must not outlive the test
         assert cpu_kernels.nearest_cpu(frames, centroids, 97)[0].equal(expected)
-        assert {t for t in threading.enumerate() if t.name.startswith("speechvq-sweep")} == helpers
+        after = {t for t in threading.enumerate() if t.name.startswith("speechvq-sweep")}
+        assert helpers <= after and len(after) <= cpu_kernels._helper_count  # the same pool, no helper beyond its size
     finally:
         torch.set_num_threads(threads)
     assert child.exitcode == 0
