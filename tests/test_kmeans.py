@@ -156,6 +156,37 @@ def test_greedy_kmeans_plusplus_beats_plain_kmeans_plusplus():
     assert sum(greedy) < 0.92 * sum(reference)  # measured: 0.83
 
 
+@pytest.mark.parametrize("dim", [13, 39, 64])
+def test_compiled_kmeans_plusplus_chooses_the_frames_the_torch_steps_choose(dim):
+    """The CPU's compiled loop (cpu_kernels) and the torch ops CUDA runs (kmeans._greedy_rows) choose the same frames
+    from the same draws: the same proportional draw, potential and greedy pick. Frames of many scales (MFCC-like: a
+    large first dim) and a dim count not a multiple of four (the compiled dot products take four dims at a time)."""
+    from speechvq import cpu_kernels
+    from speechvq.codebook.kmeans import _greedy_rows
+
+    g = torch.Generator().manual_seed(dim)
+    space = (torch.randn(3000, dim, generator=g) * torch.logspace(2, -1, dim)).T.contiguous()
+    first, draws = int(torch.randint(3000, (1,), generator=g)), torch.rand(59, 6, generator=g).double()
+    compiled = cpu_kernels.kmeans_plusplus_rows(space, first, draws)
+    assert compiled[0] == first
+    assert torch.equal(compiled, _greedy_rows(space, first, draws))
+
+
+def test_kmeans_plusplus_on_fewer_distinct_frames_than_centroids_takes_each_of_them_first():
+    """Seven distinct frames repeated, twelve centroids: both implementations choose the seven first (a frame on a
+    chosen one is at distance zero, give or take the rounding of |p|^2 + |x|^2 - 2 p.x, and cannot be drawn before a
+    new one), then any frames; every index is a frame's."""
+    from speechvq import cpu_kernels
+    from speechvq.codebook.kmeans import _greedy_rows
+
+    g = torch.Generator().manual_seed(0)
+    space = torch.randn(7, 39, generator=g)[torch.randint(7, (500,), generator=g)].T.contiguous()
+    first, draws = int(torch.randint(500, (1,), generator=g)), torch.rand(11, 6, generator=g).double()
+    for rows in (cpu_kernels.kmeans_plusplus_rows(space, first, draws), _greedy_rows(space, first, draws)):
+        assert rows.shape == (12,) and 0 <= rows.min() and rows.max() < 500
+        assert space[:, rows[:7]].T.unique(dim=0).shape[0] == 7
+
+
 def test_too_few_frames_is_an_error():
     with pytest.raises(ValueError, match="at least codebook_size"):
         kmeans(torch.randn(5, 3), 10, generator=torch.Generator())
