@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,23 @@ def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, r
     for task in tasks:  # each ran inside its SLURM job (submitit reads the job id from SLURM's environment)
         log = (sweep / ".submitit" / task / f"{task}_0_log.out").read_text()
         assert f"JobEnvironment(job_id={task}," in log and "speechvq finished" in log, log[-500:]
-    array_id = tasks[0].split("_")[0]
-    shown = subprocess.run(["scontrol", "show", "job", array_id], env=slurm_env, capture_output=True, text=True)
+    shown = _settled_array(tasks[0].split("_")[0], slurm_env)
     assert shown.stdout.count("JobState=COMPLETED") == NUM_SHARDS, shown.stdout + shown.stderr
     _speechvq(["stages=[merge]", f"merge.inputs={sweep}", f"hydra.run.dir={tmp_path / 'merged'}"], slurm_env)
     for name in ("train.km", "train.tsv", "units.jsonl", "units_dedup.jsonl"):
         assert (tmp_path / "merged" / name).read_bytes() == (single / name).read_bytes(), name
+
+
+def _settled_array(array_id: str, env: dict, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+    """`scontrol show job` of the array once every task has left the running states. A task's log can say "speechvq
+    finished" while slurmctld still shows it COMPLETING (slurmd reports the exit after the process ends; one CI run
+    caught 3 of 4 COMPLETED), so this polls for up to timeout_s; a task that failed never settles as COMPLETED."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shown = subprocess.run(["scontrol", "show", "job", array_id], env=env, capture_output=True, text=True)
+        states = [part.split("=", 1)[1] for part in shown.stdout.split() if part.startswith("JobState=")]
+        if all(state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") for state in states) or (
+            time.monotonic() > deadline
+        ):
+            return shown
+        time.sleep(0.5)
