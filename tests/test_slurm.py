@@ -107,9 +107,7 @@ def _settled_array(array_id: str, env: dict, timeout_s: float = 30.0) -> subproc
     deadline = time.monotonic() + timeout_s
     while True:
         shown = subprocess.run(["scontrol", "show", "job", array_id], env=env, capture_output=True, text=True)
-        states = [part.split("=", 1)[1] for part in shown.stdout.split() if part.startswith("JobState=")]
-        if all(state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") for state in states) or (
-            time.monotonic() > deadline
-        ):
+        states = {part.split("=", 1)[1] for part in shown.stdout.split() if part.startswith("JobState=")}
+        if time.monotonic() > deadline or not states & {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING"}:
             return shown
         time.sleep(0.5)

@@ -185,7 +185,7 @@ def kmeans_plusplus(frames: torch.Tensor, codebook_size: int, *, generator: torc
         rows = cpu_kernels.kmeans_plusplus_rows(space, first, draws.cpu())
     else:
         rows = _greedy_rows(space, first, draws.to(space.device))
-    return frames[rows.to(frames.device)].clone()
+    return frames[rows].clone()  # rows are on the frames' device: space is computed from them
 
 
 def _greedy_rows(space: torch.Tensor, first: int, draws: torch.Tensor) -> torch.Tensor:
