@@ -22,8 +22,9 @@ sys.path.insert(0, str(REPO))
 
 from speechvq.codebook.kmeans import lloyd  # noqa: E402
 from speechvq.config import FeatureConfig  # noqa: E402
+from speechvq.distances import gemm_nearest  # noqa: E402
 from speechvq.features import build_extractor  # noqa: E402
-from speechvq.quantize import _gemm_nearest, nearest_codewords  # noqa: E402
+from speechvq.quantize import nearest_codewords  # noqa: E402
 
 ROWS: list[dict] = []
 
@@ -87,7 +88,7 @@ def bench_assign(device, n, dim, k, chunk, clustered=False):
     frames, centroids = make_data(device, n, dim, k, clustered)
     section = f"assign N={n} D={dim} K={k}" + (" clustered" if clustered else "")
     truth = truth_on_subset(frames, centroids)
-    ms, ref = timed(lambda: _gemm_nearest(frames, centroids, chunk)[0], device)
+    ms, ref = timed(lambda: gemm_nearest(frames, centroids, chunk)[0], device)
     record(
         section,
         "speechvq exact GEMM path (fp32)",

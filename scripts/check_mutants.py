@@ -27,8 +27,14 @@ MUTANTS = {
         "    check_precision(precision, frames.device)\n",
         ["tests/test_quantize.py"],
     ),
+    "a kernel imports its caller back (an import circle)": (
+        "speechvq/cpu_kernels.py",
+        "from .distances import gemm_gamma\n",
+        "from .quantize import gemm_gamma\n",
+        ["tests/test_import_graph.py"],
+    ),
     "config accepts chunk_size <= 0": (
-        "speechvq/config.py",
+        "speechvq/checks.py",
         'OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}',
         "OPTIONAL_AT_LEAST = {}",
         ["tests/test_config_checks.py"],

@@ -14,7 +14,7 @@ re-rank) while the chunk is in its core's cache; the GEMM is numpy's BLAS held t
 than MKL's there, and independent workers need no fork-join per GEMM (scripts/bench.py).
 
 Labels are the float64 argmin's: the fp32 expansion rounds by up to 2 gamma_{D+3} (|x|^2 + |c|^2) per distance
-(quantize.gemm_gamma), more than some frames' gap between their two nearest centroids when the norms are large (MFCC
+(distances.gemm_gamma), more than some frames' gap between their two nearest centroids when the norms are large (MFCC
 c0 is in the hundreds; on the bench's D=768 frames 1 in 100,000 labels differed on the AMD EPYC's MKL). A frame whose
 two best GEMM distances are within twice that bound is re-ranked over the centroids within it by directly summed
 float64 distances. The second best costs the sweep 5-40 % more (56 vs 40 us per 4,096 frames at K=100), a few
@@ -22,7 +22,7 @@ percent of the GEMM's time at D=39 and under 1 % at D=768; the re-ranking touche
 
 numba's import and first call cost about a second per process (LLVM starts, the cached machine code is loaded),
 so this module is imported lazily: by k-means, which makes many passes, and by nearest_codewords once a process has
-asked for enough distances to pay for it (quantize.CPU_KERNELS_MIN_DISTANCES). torch's path (quantize._gemm_nearest)
+asked for enough distances to pay for it (quantize.CPU_KERNELS_MIN_DISTANCES). torch's path (distances.gemm_nearest)
 re-ranks the same near ties, so both give the float64 argmin and the labels do not depend on the path; the returned
 distances may differ in their last bits (the frame norms are summed in another order: torch's square().sum(dim=1)
 took 5x longer at D=768).
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
-from .quantize import gemm_gamma
+from .distances import gemm_gamma
 
 
 def _compiled(**options):
@@ -218,7 +218,7 @@ def _row_sq_norms(frames, out):  # pragma: no cover - compiled
 
 @_compiled()
 def _largest_sq_norm(rows):  # pragma: no cover - compiled
-    """quantize.largest_sq_norm without torch: the largest squared row norm, summed in float64."""
+    """distances.largest_sq_norm without torch: the largest squared row norm, summed in float64."""
     largest = 0.0
     for row in range(rows.shape[0]):
         total = 0.0

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from .distances import gemm_nearest
+
 try:
     import triton
     import triton.language as tl
@@ -370,9 +372,7 @@ def fused_nearest_fp16(
         if stats is not None:
             stats["fp32"] = rows.numel()
     if rows.numel():
-        from .quantize import _gemm_nearest  # the exact fp32 path, for the last near-ties
-
-        idx3, dist3 = _gemm_nearest(frames[rows], book.rows, chunk_size=1 << 16)
+        idx3, dist3 = gemm_nearest(frames[rows], book.rows, chunk_size=1 << 16)  # exact fp32, the last near ties
         indices[rows], distances[rows] = idx3, dist3
     return indices, distances
 

@@ -16,7 +16,9 @@ import logging
 from pathlib import Path
 
 from . import fileio
+from .checks import check_config
 from .config import FeatureConfig, RunConfig, Stage
+from .pipeline import run
 from .ranks import process_group
 from .run_folder import RunFolder
 
@@ -25,8 +27,7 @@ log = logging.getLogger(__name__)
 
 def run_iterations(config: RunConfig, run_dir: str | Path):
     """The last iteration's evaluation (a pipeline.RunSummary); iterations.json in run_dir."""
-    from .pipeline import run
-
+    check_config(config)
     root = RunFolder(run_dir)
     train_data = config.iteration.train_data or config.data.path
     count = config.iteration.count

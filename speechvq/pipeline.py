@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from . import fileio
-from .config import MergeConfig, RunConfig, Stage, check_config
+from .checks import check_config
+from .config import MergeConfig, RunConfig, Stage
 from .errors import ConfigError
 from .featstore import INDEX_FILE, FeatureStore
 from .features import FEATURES, build_extractor
@@ -50,6 +51,10 @@ def resolve_device(name: str) -> torch.device:
 def prepare(config: RunConfig, run_dir: str | Path) -> tuple[RunConfig, torch.device]:
     """Every check that needs no data, before anything is written; the config with run-dependent defaults."""
     check_config(config)
+    if config.iteration.count:
+        raise ConfigError(
+            "iteration.count", config.iteration.count, "a pipeline run is one iteration: speechvq.job.run runs them all"
+        )
     device = resolve_device(config.device)
     for key in ("codebook.precision", "quantize.precision"):
         if getattr(config, key.split(".")[0]).precision == "fast" and device.type != "cuda":
@@ -64,11 +69,7 @@ def prepare(config: RunConfig, run_dir: str | Path) -> tuple[RunConfig, torch.de
 
 
 def run(config: RunConfig, run_dir: str | Path) -> RunSummary:
-    if config.iteration.count:
-        from .iterate import run_iterations
-
-        check_config(config)
-        return run_iterations(config, run_dir)
+    """The stages of one run (HuBERT's iterations are runs of runs: speechvq.job.run)."""
     config, device = prepare(config, run_dir)
     folder = RunFolder(run_dir)
     folder.root.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import RunConfig
 from .errors import ConfigError, SpeechVQError
-from .pipeline import format_report, run
+from .job import run
+from .report import format_report
 
 log = logging.getLogger("speechvq")
 

@@ -12,7 +12,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from speechvq.config import RunConfig, check_config
+from speechvq.checks import check_config
+from speechvq.config import RunConfig
 from speechvq.features import build_extractor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from speechvq import pipeline
-from speechvq.config import CodebookConfig, DataConfig, RunConfig, TrainEncoderConfig, check_config
+from speechvq.checks import check_config
+from speechvq.config import CodebookConfig, DataConfig, RunConfig, TrainEncoderConfig
 from speechvq.encoder.train import train_encoder_model
 from speechvq.errors import ConfigError
 

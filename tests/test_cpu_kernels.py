@@ -79,11 +79,11 @@ def test_numba_and_torch_paths_give_the_same_labels(dim, size):
     """nearest_codewords takes torch's path (ATen min) in a process that has not loaded numba, for small calls;
     the units must not depend on which path a process took (the distances only within float rounding: the frame
     norms are summed in another order)."""
-    from speechvq.quantize import _gemm_nearest
+    from speechvq.distances import gemm_nearest
 
     g = torch.Generator().manual_seed(dim)
     frames, centroids = torch.randn(9000, dim, generator=g), torch.randn(size, dim, generator=g)
-    torch_labels, torch_sq = _gemm_nearest(frames, centroids, 4096)
+    torch_labels, torch_sq = gemm_nearest(frames, centroids, 4096)
     labels, sq = cpu_kernels.nearest_cpu(frames, centroids, 4096)
     assert torch.equal(labels, torch_labels)
     torch.testing.assert_close(sq, torch_sq, rtol=1e-6, atol=1e-5)
@@ -132,7 +132,8 @@ def test_labels_are_the_float64_argmin_where_fp32_gemm_order_is_wrong(offset):
     their two nearest centroids, and its argmin then picks the farther one (the teeth: it does here, on dozens of
     frames). Every path re-ranks those near ties in float64: the numba kernels (with and without the second
     distance, chosen rows), torch's path, and nearest_codewords; exact ties still go to the first centroid."""
-    from speechvq.quantize import _gemm_nearest, gemm_gamma, nearest_codewords
+    from speechvq.distances import gemm_gamma, gemm_nearest
+    from speechvq.quantize import nearest_codewords
 
     g = torch.Generator().manual_seed(int(offset))
     centroids = offset + torch.randn(20, 16, generator=g)
@@ -146,7 +147,7 @@ def test_labels_are_the_float64_argmin_where_fp32_gemm_order_is_wrong(offset):
     rounding = 2 * gemm_gamma(16) * (frames.double().square().sum(dim=1) + centroids.double().square().sum(1).max())
     for labels, sq in [
         cpu_kernels.nearest_cpu(frames, centroids, 1000),
-        _gemm_nearest(frames, centroids, 1000),
+        gemm_nearest(frames, centroids, 1000),
         nearest_codewords(frames, centroids),
     ]:
         assert torch.equal(labels, expected)

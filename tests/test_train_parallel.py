@@ -141,7 +141,7 @@ def test_base_gpu_preset_is_hubert_base_sized_in_bf16():
     from omegaconf import OmegaConf
 
     import speechvq.run  # noqa: F401  (registers the schema the configs are checked against)
-    from speechvq.config import check_config
+    from speechvq.checks import check_config
     from speechvq.encoder import OBJECTIVES
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

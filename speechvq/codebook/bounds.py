@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import cpu_kernels
-from ..quantize import gemm_gamma, largest_sq_norm
+from ..distances import gemm_gamma, largest_sq_norm
 
 
 class BoundedAssignment:

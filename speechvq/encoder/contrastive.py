@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .batches import grid_crops, narrowband, span_mask
 from .model import gumbel_temperature
 from .quantizers import GumbelVQ, build_quantizer
@@ -45,6 +46,16 @@ class ContrastiveModel(TransformerEncoder):
 
     needs_targets = False
     quantizer_layer = 0  # its quantizer reads the front-end frames (features.layer 0) for codebook=encoder
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """config: TrainEncoderConfig. Its targets are Gumbel codes, G groups splitting the model's width."""
+        quantizer, dim = config.quantizer, config.objective.dim
+        if quantizer.name != "gumbel":
+            raise ConfigError("train_encoder.quantizer.name", quantizer.name, "the contrastive objective uses gumbel")
+        if dim % quantizer.num_codebooks:
+            key, reason = "train_encoder.quantizer.num_codebooks", f"must divide objective.dim={dim}"
+            raise ConfigError(key, quantizer.num_codebooks, reason)
 
     @classmethod
     def from_config(cls, config, sample_rate: int, num_units: int | None = None) -> ContrastiveModel:

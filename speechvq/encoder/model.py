@@ -88,6 +88,11 @@ class VQVAE(nn.Module):
     """The `reconstruction` objective: conv encoder -> quantizer -> log-mel decoder, trained to rebuild the log-mel."""
 
     needs_targets = False
+    data_parallel = False  # its EMA codebook statistics are not synchronised across ranks
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """config: TrainEncoderConfig; what only this objective needs of it (nothing beyond the ranges)."""
 
     @classmethod
     def from_config(cls, config, sample_rate: int, num_units: int | None = None) -> VQVAE:

@@ -66,11 +66,12 @@ def check_parallel(config: TrainEncoderConfig, world: int | None = None) -> int:
             config.batch_size,
             f"must be a multiple of {world} rank(s) x micro_batches={config.micro_batches}",
         )
-    if world > 1 and config.objective.name == "reconstruction":
+    if world > 1 and not OBJECTIVES.get(config.objective.name).data_parallel:
         raise ConfigError(
             "train_encoder.objective.name",
-            "reconstruction",
-            "its EMA codebook statistics are not synchronised across ranks: train it in one process",
+            config.objective.name,
+            "its model does not train data parallel (the reconstruction VQ-VAE's EMA codebook statistics are not "
+            "synchronised across ranks): train it in one process",
         )
     return pieces
 

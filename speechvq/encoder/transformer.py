@@ -40,6 +40,11 @@ class TransformerEncoder(nn.Module):
     """Front end + Transformer; subclasses add their objective's heads."""
 
     frame_rate_hz = 50.0
+    data_parallel = True  # train.py deals each step's batch over the torchrun ranks
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """config: TrainEncoderConfig; what only this objective needs of it (subclasses add theirs)."""
 
     def __init__(self, dim: int, layers: int, heads: int, sample_rate: int = 16000, front_end: str = "logmel"):
         super().__init__()

@@ -29,13 +29,7 @@ class FeatureExtractor(Protocol):
     # Family traits, read by the pipeline instead of the family's name:
     needs_weights: bool  # built from a checkpoint: not built at start-up, only when the data is first seen
     checkpoint_defaults_to_run: bool  # no features.checkpoint = the model the run's train_encoder stage makes
-
-
-def build_extractor(config: FeatureConfig) -> FeatureExtractor:
-    """The extractor of the family config.name names (see FEATURES in speechvq.features)."""
-    from . import FEATURES
-
-    return FEATURES.get(config.name)(config)
+    takes_layer_lists: bool  # features.layer may be a list of layers
 
 
 def normalize_utterance(frames: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

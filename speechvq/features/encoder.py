@@ -13,6 +13,7 @@ from .base import batched_or_chunked, chunk_sizes, normalized_as_configured
 class EncoderExtractor:
     needs_weights = True
     checkpoint_defaults_to_run = True
+    takes_layer_lists = True  # concatenated
 
     def __init__(self, config: FeatureConfig):
         from ..encoder.checkpoint import load_encoder

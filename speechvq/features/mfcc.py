@@ -23,6 +23,7 @@ class _FrameExtractor:
 
     needs_weights = False
     checkpoint_defaults_to_run = False
+    takes_layer_lists = False  # features.layer means nothing here
 
     def __init__(self, config: FeatureConfig, static_dim: int, deltas: bool):
         self.config = config

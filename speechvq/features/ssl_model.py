@@ -26,6 +26,7 @@ __all__ = ["SSL_MODELS", "SSLExtractor"]
 class SSLExtractor:
     needs_weights = True
     checkpoint_defaults_to_run = False
+    takes_layer_lists = True  # combined by features.layer_reduction
 
     def __init__(self, config: FeatureConfig):
         if not config.checkpoint:
