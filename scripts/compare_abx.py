@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ import numpy as np
 
 from speechvq.abx import abx_error_rates, items_from_labels, read_speakers, write_items
 from speechvq.alignments import read_alignments
+from speechvq.errors import SpeechVQError
 from speechvq.featstore import FeatureStore
+from speechvq.ids import require_match
 from speechvq.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +66,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     features, rate = run_features(args.run)
-    labels = read_alignments(args.alignments)
-    items = items_from_labels(labels, 100.0, read_speakers(args.speakers))
+    try:  # alignments that name none of the run's utterances would leave the reference nothing to compare
+        labels = require_match(read_alignments(args.alignments), features, args.alignments)
+        items = items_from_labels(labels, 100.0, require_match(read_speakers(args.speakers), labels, args.speakers))
+    except SpeechVQError as exc:
+        sys.exit(f"{type(exc).__name__}: {exc}")
     with tempfile.TemporaryDirectory() as tmp:
         items_path = Path(tmp) / "demo.item"
         write_items(items_path, [dataclasses.replace(i, file=i.file.replace("/", "__")) for i in items])

@@ -40,11 +40,19 @@ class RunSummary:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N; anything else (a misspelling, another backend) is a ConfigError naming it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError("device", name, "choose auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", name, "CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError("device", name, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

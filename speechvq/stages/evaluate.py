@@ -18,6 +18,7 @@ from ..config import AbxConfig, CodebookConfig, DataConfig, EvaluateConfig, Quan
 from ..data import iter_waveforms
 from ..errors import AlignmentError, ConfigError
 from ..featstore import FeatureStore
+from ..ids import IdMatch, match_ids, require_match
 from ..metrics import MetricsAccumulator, phone_unit_scores
 from ..plots import plot_codebook_usage, plot_phone_unit_heatmap
 from ..probe import word_pattern, word_probe
@@ -48,7 +49,8 @@ def evaluate(
     units_model = load_unit_model(codebook, quantize, folder)
     units_model.check_compatible(store.feature_config, store.dim)
     _check_units_made_by(folder, units_model.fingerprint)
-    alignments = read_alignments(data.alignments, data.alignment_rate_hz) if data.alignments else {}
+    matched = _alignments(data, [stored.utt_id for stored in store.utterances])
+    alignments = matched.by_id if matched else {}
     found = _Collected.create(evaluate, data, store, folder, units_model, alignments)
     _scan(store, folder, data.split, units_model, alignments, found)
     if report_to is not None:
@@ -61,8 +63,8 @@ def evaluate(
         metrics["reconstruction"] = found.recon.summary()
     if found.phones.pairs:
         metrics["alignment"] = found.phones.scores(units_model.codebook_size)
-    elif alignments:
-        raise AlignmentError(data.alignments, "no utterance id matches the dataset's ids")
+    elif matched:
+        raise AlignmentError(data.alignments, matched.mismatch())
     if probe_scores := found.probe.result():
         metrics["word_probe"] = probe_scores
     if abx_scores := found.abx.result(store.frame_rate_hz):
@@ -74,6 +76,14 @@ def evaluate(
     if evaluate.plot:
         _plots(folder, found.metrics, found.phones, metrics)
     return metrics
+
+
+def _alignments(data: DataConfig, dataset_ids: list[str]) -> IdMatch | None:
+    """data.alignments keyed by the dataset's ids (by file stem where no id matches); None without alignments."""
+    if not data.alignments:
+        return None
+    labels = read_alignments(data.alignments, data.alignment_rate_hz)
+    return match_ids(labels, dataset_ids, f"data.alignments={data.alignments}")
 
 
 @dataclass
@@ -194,7 +204,8 @@ class _Abx:
         """An inactive one unless ABX is enabled and the data has alignments and speakers."""
         if not (config.enabled and data.speakers and alignments):
             return cls()
-        items = items_from_labels(alignments, data.alignment_rate_hz, read_speakers(data.speakers))
+        speakers = require_match(read_speakers(data.speakers), alignments, data.speakers)
+        items = items_from_labels(alignments, data.alignment_rate_hz, speakers)
         files = {item.file for item in items}
         return cls(config, items, codebook_size, {name: {} for name in config.inputs}, files)
 
