@@ -33,6 +33,12 @@ MUTANTS = {
         "from .quantize import gemm_gamma\n",
         ["tests/test_import_graph.py"],
     ),
+    "features resume counts only the stored files as consumed": (
+        "speechvq/stages/features.py",
+        '"consumed": len(self.processed) + len(decode_skips),',
+        '"consumed": len(self.processed),',
+        ["tests/test_resume.py::test_sigkill_after_decode_failures_resumes_to_the_uninterrupted_units"],
+    ),
     "config accepts chunk_size <= 0": (
         "speechvq/checks.py",
         'OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}',

@@ -2,6 +2,7 @@
 resumes, and the final files are byte-identical to an uninterrupted run. A different config on the same
 folder is refused instead of silently mixing outputs."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import speechlike
+from conftest import kill_when, speechlike
 
 from speechvq import pipeline
 from speechvq.config import CodebookConfig, DataConfig, RunConfig
@@ -174,3 +175,50 @@ def test_features_resume_counts_files_skipped_at_decode_time(tmp_path, monkeypat
     for name in ("train.tsv", "train.km", "units.jsonl", "errors.tsv", "features/index.json", "codebook.safetensors"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
     assert (tmp_path / "clean" / "errors.tsv").read_text().count("NaN") == 2
+
+
+def corrupt_in_the_middle(path: Path, seed: int) -> None:
+    """Garbage over 400 bytes mid-file: the header (and so the header check) is sound, decoding fails there."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 400] = np.random.default_rng(seed).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_sigkill_after_decode_failures_resumes_to_the_uninterrupted_units(tmp_path):
+    """FLAC files that fail while decoding (not at the header check) are skipped, the run is SIGKILLed in the
+    features stage after a checkpoint that counts them, and the rerun starts after every file it consumed: stored
+    or failed. Counting only the stored ones would resume as many files too early and store some of them twice."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(1)
+    bad = (5, 40, 90)
+    for index in range(150):
+        path = corpus / f"u{index:03d}.flac"
+        soundfile.write(path, speechlike(float(rng.uniform(0.5, 2.5)), 16000, index), 16000)
+        if index in bad:
+            corrupt_in_the_middle(path, index)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    skip = ["data.on_error=skip", "codebook.max_iter=20"]
+    done = subprocess.run([*command(corpus, clean), *skip], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line.split("\t")[0] for line in (clean / "errors.tsv").read_text().splitlines()[1:]] == [
+        f"u{index:03d}" for index in bad
+    ], "the corrupt files must fail while decoding, each once"
+
+    def after_a_counted_skip() -> bool:  # a checkpoint on disk that records a decode failure and files after it
+        try:
+            state = json.loads((killed / "features/progress.json").read_text())["state"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return (
+            bool(state["skipped"]) and state["consumed"] >= bad[0] + 3 and not (killed / "features/index.json").exists()
+        )
+
+    kill_when([*command(corpus, killed), *skip], after_a_counted_skip, env=env)
+    rerun = subprocess.run([*command(corpus, killed), *skip], cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "features: resuming after" in rerun.stderr
+    for name in ("train.km", "units.jsonl", "train.tsv", "errors.tsv", "features/index.json", "codebook.safetensors"):
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
