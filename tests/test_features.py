@@ -9,11 +9,29 @@ from speechvq.config import FeatureConfig
 from speechvq.errors import ConfigError
 from speechvq.features import build_extractor
 
+# How far float32 arithmetic of the Kaldi recipe lands from its float64 result: up to 6e-4 on these signals (the
+# log of quiet frames' energies), for torchaudio's float32 path and speechvq's alike. A wrong step is off by far more
+# (a Povey exponent of 1 instead of 0.85, or pre-emphasis 0.95 instead of 0.97, moves cepstra by 0.05 to 1).
+FLOAT32_NOISE = 1e-3
+
+
+def in_float64(kaldi_function, samples: torch.Tensor, **options) -> torch.Tensor:
+    """torchaudio.compliance.kaldi's features computed in float64 throughout (its constants too: it makes them in the
+    default dtype), rounded to float32: the reference speechvq's float32 arithmetic is held to. torchaudio's own
+    float32 constants come from the CPU's pow, log and cos kernels and differ from one CPU to the next, which
+    speechvq's (made in float64, kaldi_batched) do not."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return kaldi_function(samples.double().view(1, -1), **options).float()
+    finally:
+        torch.set_default_dtype(saved)
+
 
 def fairseq_mfcc(samples: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """fairseq examples/hubert/simple_kmeans/dump_mfcc_feature.py, MfccFeatureReader.get_feats."""
     x = samples.float().view(1, -1)
-    mfccs = torchaudio.compliance.kaldi.mfcc(waveform=x, sample_frequency=sample_rate, use_energy=False).transpose(0, 1)
+    mfccs = in_float64(torchaudio.compliance.kaldi.mfcc, x, sample_frequency=sample_rate, use_energy=False).T
     deltas = torchaudio.functional.compute_deltas(mfccs)
     ddeltas = torchaudio.functional.compute_deltas(deltas)
     return torch.cat([mfccs, deltas, ddeltas], dim=0).transpose(0, 1).contiguous()
@@ -27,7 +45,7 @@ def test_mfcc_hubert_matches_fairseq_recipe(seconds):
     reference = fairseq_mfcc(samples, 16000)
     assert ours.shape == reference.shape == (extractor.num_frames(samples.numel()), 39)
     assert extractor.frame_rate_hz == 100.0
-    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours, reference, atol=FLOAT32_NOISE, rtol=0)
 
 
 def test_mfcc_matches_librosa():
@@ -62,7 +80,7 @@ def test_fbank_is_kaldi_fbank_with_utterance_cmvn():
     samples = torch.from_numpy(speechlike(1.0, 16000, seed=2))
     config = FeatureConfig(name="fbank", num_mel_bins=80, deltas=False, normalize="utterance")
     frames = build_extractor(config)(samples)
-    raw = torchaudio.compliance.kaldi.fbank(samples.view(1, -1), num_mel_bins=80)
+    raw = in_float64(torchaudio.compliance.kaldi.fbank, samples, num_mel_bins=80)
     assert frames.shape == raw.shape == (98, 80)
     torch.testing.assert_close(frames.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
     torch.testing.assert_close(frames.std(0, unbiased=False), torch.ones(80), atol=1e-3, rtol=0)
@@ -124,12 +142,12 @@ def test_batched_extraction_equals_the_per_utterance_recipe(name):
             reference = fairseq_mfcc(wave, 16000) if wave.numel() >= 400 else torch.zeros(0, 39)
         else:
             reference = (
-                torchaudio.compliance.kaldi.fbank(wave.view(1, -1), num_mel_bins=80)
+                in_float64(torchaudio.compliance.kaldi.fbank, wave, num_mel_bins=80)
                 if wave.numel() >= 400
                 else torch.zeros(0, 80)
             )
         assert frames.shape == reference.shape
-        torch.testing.assert_close(frames, reference, atol=1e-4, rtol=0)
+        torch.testing.assert_close(frames, reference, atol=FLOAT32_NOISE, rtol=0)
 
 
 def test_long_files_are_processed_in_slices_with_the_same_result():
@@ -141,7 +159,7 @@ def test_long_files_are_processed_in_slices_with_the_same_result():
     sliced = extractor.extract_batch([wave[:8000], wave])
     torch.testing.assert_close(sliced[1], whole, atol=1e-5, rtol=0)
     torch.testing.assert_close(sliced[0], extractor(wave[:8000]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(whole, fairseq_mfcc(wave, 16000), atol=1e-4, rtol=0)
+    torch.testing.assert_close(whole, fairseq_mfcc(wave, 16000), atol=FLOAT32_NOISE, rtol=0)
 
 
 def test_cpu_passes_follow_the_l2_cache_linux_reports():
@@ -162,3 +180,40 @@ def test_cpu_passes_follow_the_l2_cache_linux_reports():
     extractor = build_extractor(FeatureConfig())
     per_thread = extractor._frames_per_pass(torch.device("cpu")) // torch.get_num_threads()
     assert per_thread == min(1024, int(reported) // 1024)
+
+
+CAPABILITY_SCRIPT = """
+import sys, numpy, torch
+sys.path.insert(0, sys.argv[2])
+from conftest import speechlike
+from speechvq.config import FeatureConfig
+from speechvq.features import build_extractor
+waves = [torch.from_numpy(speechlike(0.7 + 0.4 * i, 16000, seed=i)) for i in range(4)]
+frames = build_extractor(FeatureConfig(name=sys.argv[3])).extract_batch(waves)
+numpy.save(sys.argv[1], torch.cat(frames).numpy())
+print(torch.backends.cpu.get_cpu_capability())
+"""
+
+
+@pytest.mark.parametrize("name", ["mfcc_hubert", "fbank"])
+def test_features_do_not_depend_on_the_cpus_kernels(name, tmp_path):
+    """The same bits with ATen's generic kernels as with the ones this CPU picks (AVX2 or AVX-512): torchaudio's
+    float32 Povey window, made by the CPU's own pow kernel, differed between the two, and so did every codebook
+    trained on its features. A stand-in for running on another CPU, which the test cannot do."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    frames = {}
+    for capability in ("", "default"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability} if capability else dict(os.environ)
+        out = tmp_path / f"{capability or 'host'}.npy"
+        done = subprocess.run([sys.executable, "-c", CAPABILITY_SCRIPT, str(out), tests, name], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        frames[done.stdout.strip()] = np.load(out)
+    assert len(frames) == 2, f"both runs used the same kernels: {list(frames)}"
+    first, second = frames.values()
+    assert first.shape[0] > 300 and first.tobytes() == second.tobytes()

@@ -3,10 +3,17 @@
 The same arithmetic as torchaudio.compliance.kaldi (snip_edges framing, DC removal, pre-emphasis 0.97, Povey
 window, 512-point power spectrum, Kaldi mel banks, log, orthonormal DCT, lifter 22; no dither). The frames of
 all utterances are stacked into one (total_frames, window) matrix with no padding, so a batch costs a handful
-of large tensor ops instead of ~30 small ops per utterance. Deltas clamp at each utterance's own edges."""
+of large tensor ops instead of ~30 small ops per utterance. Deltas clamp at each utterance's own edges.
+
+torch picks its CPU kernels by instruction set (ATen's reductions and transcendentals, MKL's GEMM and FFT), and their
+float32 results can differ in the last bits from one CPU to the next. The constants are therefore made in float64
+and rounded (torchaudio's float32 Povey window came from the CPU's own pow kernel: it differed between ATen's
+default and AVX2 kernels), and each frame's mean is summed in float64 and rounded, so its result does not depend on
+the reduction's vector width."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -18,21 +25,36 @@ PREEMPHASIS = 0.97
 LIFTER = 22.0
 
 
+@contextlib.contextmanager
+def _float64_by_default():
+    """torchaudio's constant makers take no dtype: they make float64 ones while the default dtype is float64."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
 @functools.lru_cache(maxsize=8)
 def _constants(sample_rate: int, window: int, num_mel_bins: int, num_ceps: int, device: torch.device):
+    """(padded window, Povey window, mel banks transposed, DCT, lifter), float32: torchaudio's constants computed in
+    float64 and rounded (its float32 ones came from the CPU's own pow, log and cos kernels)."""
     padded = 1 << (window - 1).bit_length()
-    povey = torch.hann_window(window, periodic=False).pow(0.85)  # float32, exactly as torchaudio makes it
-    banks, _ = kaldi.get_mel_banks(num_mel_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
-    banks = torch.nn.functional.pad(banks.float(), (0, 1))  # (bins, padded // 2 + 1)
-    dct = torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps] if num_ceps else None
+    with _float64_by_default():
+        povey = torch.hann_window(window, periodic=False).pow(0.85).float()
+        banks, _ = kaldi.get_mel_banks(num_mel_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
+        banks = torch.nn.functional.pad(banks.float(), (0, 1))  # (bins, padded // 2 + 1)
+        dct = torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps].float()
     lifter = cepstral_lifter(num_ceps) if num_ceps else None
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return padded, move(povey), move(banks.T.contiguous()), move(dct), move(lifter)
+    return padded, move(povey), move(banks.T.contiguous()), move(dct if num_ceps else None), move(lifter)
 
 
 def cepstral_lifter(num_ceps: int, lifter: float = LIFTER) -> torch.Tensor:
-    """Kaldi's cepstral lifter weights 1 + L/2 sin(pi n / L), n = 0 .. num_ceps - 1 (float32)."""
-    return 1.0 + 0.5 * lifter * torch.sin(math.pi * torch.arange(num_ceps) / lifter)
+    """Kaldi's cepstral lifter weights 1 + L/2 sin(pi n / L), n = 0 .. num_ceps - 1 (float32, made in float64)."""
+    n = torch.arange(num_ceps, dtype=torch.float64)
+    return (1.0 + 0.5 * lifter * torch.sin(math.pi * n / lifter)).float()
 
 
 def frame_counts(lengths: list[int], window: int, hop: int) -> list[int]:
@@ -55,8 +77,9 @@ def log_mel(frames: torch.Tensor | list[torch.Tensor], sample_rate: int, num_mel
     buffer[:, window:] = 0.0  # the FFT's zero padding
     centred = buffer[:, :window]
     start = 0
-    for piece in pieces:  # DC removal writes each piece into the batch
-        torch.sub(piece, piece.mean(dim=1, keepdim=True), out=centred[start : start + piece.shape[0]])
+    for piece in pieces:  # DC removal writes each piece into the batch (the mean summed in float64, see above)
+        mean = piece.mean(dim=1, keepdim=True, dtype=torch.float64).float()
+        torch.sub(piece, mean, out=centred[start : start + piece.shape[0]])
         start += piece.shape[0]
     # Pre-emphasis in place: the shifted term is taken first; multiply, then subtract (sub's alpha would fuse them
     # and round differently from torchaudio); the first sample is its own predecessor.
