@@ -39,6 +39,18 @@ MUTANTS = {
         '"consumed": len(self.processed),',
         ["tests/test_resume.py::test_sigkill_after_decode_failures_resumes_to_the_uninterrupted_units"],
     ),
+    "k-means++ on the CPU seeds from GEMM distances (follows the BLAS)": (
+        "speechvq/codebook/kmeans.py",
+        '    if space.device.type == "cpu":\n        from .. import cpu_kernels  # lazily',
+        "    if False:\n        from .. import cpu_kernels  # lazily",
+        ["tests/test_kmeans.py::test_the_codebook_does_not_follow_the_gemms_rounding"],
+    ),
+    "the stopping test sums the GEMM's distances (follows the BLAS)": (
+        "speechvq/codebook/kmeans.py",
+        "            inertia = inertia_from_totals(sq_norm_total, new_totals, centroids)\n",
+        "            inertia = float(nearest(centroids)[1].sum(dtype=torch.float64))\n",
+        ["tests/test_kmeans.py::test_the_codebook_does_not_follow_the_gemms_rounding"],
+    ),
     "config accepts chunk_size <= 0": (
         "speechvq/checks.py",
         'OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}',
@@ -196,7 +208,7 @@ def main() -> int:
         (copy / path).write_text(source.replace(original, mutated))
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", *tests],
+            [sys.executable, "-m", "pytest", "-x", "-rfs", "-p", "no:cacheprovider", *tests],
             cwd=copy,
             env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": str(copy)},
             capture_output=True,

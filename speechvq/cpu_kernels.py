@@ -38,6 +38,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+import numba.extending
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
@@ -56,6 +57,20 @@ def _compiled(**options):
             return numba.njit(nogil=True, boundscheck=False, **options)(func)
 
     return wrap
+
+
+@numba.extending.intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (IEEE 754 fusedMultiplyAdd), for kernels without fastmath: the same bits on every CPU,
+    at the speed of the FMA instruction where the CPU has one (LLVM calls a correctly rounded fma elsewhere), where
+    fastmath's `contract` would leave it to the compiler which products to fuse."""
+    if not (isinstance(a, numba.types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
 
 
 @_compiled()
@@ -291,10 +306,12 @@ def cluster_moves(
 SEEDING_BLOCK = 256  # frames per block of a k-means++ step: the candidates' partial dot products stay in L1
 
 
-@_compiled(fastmath={"reassoc", "contract"})
+@_compiled()
 def _dots_into(space, points, start, end, out):  # pragma: no cover - compiled
     """out[t, :end - start] = points[t] . space[:, start:end] for each point t, four dims per pass over the block
-    (a pass per dim loaded and stored the running sums four times as often: 2x slower)."""
+    (a pass per dim loaded and stored the running sums four times as often: 2x slower). Without fastmath: each dot
+    product is a chain of fused multiply-adds in dim order, vectorized across frames only, so the same bits come out
+    on every CPU (k-means++ must choose the same frames everywhere; see kmeans.kmeans_plusplus)."""
     dim, count = space.shape[0], end - start
     for t in range(points.shape[0]):
         for j in range(count):
@@ -306,21 +323,22 @@ def _dots_into(space, points, start, end, out):  # pragma: no cover - compiled
             c0, c1, c2, c3 = points[t, d], points[t, d + 1], points[t, d + 2], points[t, d + 3]
             row = out[t]
             for j in range(count):
-                row[j] += c0 * s0[j] + c1 * s1[j] + c2 * s2[j] + c3 * s3[j]
+                row[j] = _fma(c3, s3[j], _fma(c2, s2[j], _fma(c1, s1[j], _fma(c0, s0[j], row[j]))))
         d += 4
     while d < dim:
         s0 = space[d, start:end]
         for t in range(points.shape[0]):
             c0, row = points[t, d], out[t]
             for j in range(count):
-                row[j] += c0 * s0[j]
+                row[j] = _fma(c0, s0[j], row[j])
         d += 1
 
 
-@_compiled(fastmath={"reassoc", "contract"})
+@_compiled()
 def _candidate_potentials(space, frames_sq, which, closest, dists, potentials):  # pragma: no cover - compiled
     """For each candidate frame which[t]: its squared distances to all frames into dists[t] (|p|^2 + |x|^2 - 2 p.x,
-    clamped at zero, in float32 as torch's addmm), and potentials[t], the sum (float64) of min(dists[t], closest)."""
+    clamped at zero, in float32 as torch's addmm), and potentials[t], the sum (float64) of min(dists[t], closest).
+    Without fastmath, as _dots_into: the same bits on every CPU."""
     dim, num_frames = space.shape
     points = np.empty((which.shape[0], dim), dtype=np.float32)
     points_sq = np.zeros(which.shape[0], dtype=np.float32)
@@ -334,12 +352,23 @@ def _candidate_potentials(space, frames_sq, which, closest, dists, potentials): 
         end = min(num_frames, start + SEEDING_BLOCK)
         _dots_into(space, points, start, end, dots)
         for t in range(which.shape[0]):
-            row, potential = dists[t], 0.0
-            for j in range(end - start):
-                value = max(points_sq[t] + frames_sq[start + j] - np.float32(2.0) * dots[t, j], np.float32(0.0))
+            row, base, two_dots = dists[t], points_sq[t], dots[t]
+            # Eight running sums, frame j into sum j % 8, added in a fixed order: one chain of dependent float64 adds
+            # waited on each add's latency, and reassociation would let the CPU choose the order.
+            sums = np.zeros(8)
+            j = 0
+            while j + 8 <= end - start:
+                for k in range(8):
+                    value = max(base + frames_sq[start + j + k] - np.float32(2.0) * two_dots[j + k], np.float32(0.0))
+                    row[start + j + k] = value
+                    sums[k] += min(value, closest[start + j + k])
+                j += 8
+            while j < end - start:
+                value = max(base + frames_sq[start + j] - np.float32(2.0) * two_dots[j], np.float32(0.0))
                 row[start + j] = value
-                potential += min(value, closest[start + j])
-            potentials[t] += potential
+                sums[0] += min(value, closest[start + j])
+                j += 1
+            potentials[t] += ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]))
 
 
 @_compiled()
@@ -386,6 +415,87 @@ def kmeans_plusplus_rows(space: torch.Tensor, first: int, draws: torch.Tensor) -
         chosen.numpy(),
     )  # fmt: skip
     return chosen
+
+
+@_compiled()
+def _sq_norm_sum(frames):  # pragma: no cover - compiled
+    """Sum over the rows of |x|^2 in float64, in row order: each square of a float32 is exact in float64, and the
+    fixed order (no fastmath) gives the same bits on every CPU."""
+    total = 0.0
+    for row in range(frames.shape[0]):
+        partial = 0.0
+        for col in range(frames.shape[1]):
+            value = np.float64(frames[row, col])
+            partial += value * value
+        total += partial
+    return total
+
+
+def sq_norm_total(frames: torch.Tensor) -> float:
+    """sum_i |x_i|^2 of (num_frames, dim) float32 CPU frames, in float64, the same on every CPU whatever the thread
+    count: blocks whose bounds depend on the frame count alone, each summed in order, added in block order."""
+    frames_np = frames.detach().to(torch.float32).contiguous().numpy()
+    block_rows = _block_rows(frames.shape[0])
+    partials = [0.0] * -(-frames.shape[0] // block_rows)
+
+    def add_block(block, start, end):
+        partials[block] = _sq_norm_sum(frames_np[start:end])
+
+    _in_blocks(frames.shape[0], block_rows, lambda: add_block, _threads())
+    total = 0.0
+    for partial in partials:
+        total += partial
+    return total
+
+
+@_compiled()
+def _inertia_offset(sums, counts, centroids):  # pragma: no cover - compiled
+    """sum_k (n_k |c_k|^2 - 2 c_k . S_k) in float64, cluster by cluster, dim by dim."""
+    total = 0.0
+    for k in range(centroids.shape[0]):
+        count, partial = np.float64(counts[k]), 0.0
+        for d in range(centroids.shape[1]):
+            c = np.float64(centroids[k, d])
+            partial += c * (count * c - 2.0 * sums[k, d])
+        total += partial
+    return total
+
+
+def inertia_from_totals(
+    sq_norm_total: float, sums: torch.Tensor, counts: torch.Tensor, centroids: torch.Tensor
+) -> float:
+    """sum_i |x_i - c_(label i)|^2 = sum_i |x_i|^2 + sum_k (n_k |c_k|^2 - 2 c_k . S_k), from the cluster totals (S_k,
+    n_k: float64 sums and counts of the frames labelled k) in float64, in a fixed order: the same number on every CPU,
+    where a sum of the fp32 GEMM distances follows the BLAS kernel's rounding."""
+    return sq_norm_total + _inertia_offset(
+        sums.detach().cpu().to(torch.float64).contiguous().numpy(), counts.detach().cpu().contiguous().numpy(),
+        centroids.detach().cpu().to(torch.float32).contiguous().numpy(),
+    )  # fmt: skip
+
+
+@_compiled()
+def _exact_sq_dists(frames, centroids, labels, out):  # pragma: no cover - compiled
+    for row in range(frames.shape[0]):
+        codeword, total = centroids[labels[row]], 0.0
+        for col in range(frames.shape[1]):
+            diff = np.float64(frames[row, col]) - np.float64(codeword[col])
+            total += diff * diff
+        out[row] = total
+
+
+def exact_sq_dists(frames: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """|x_i - c_(label i)|^2 in float64, summed directly in a fixed order (the float32 differences are exact in
+    float64): the same on every CPU."""
+    out = torch.empty(frames.shape[0], dtype=torch.float64)
+    frames_np, labels_np = frames.detach().to(torch.float32).contiguous().numpy(), labels.contiguous().numpy()
+    codewords = centroids.detach().to(torch.float32).contiguous().numpy()
+    block_rows = _block_rows(frames.shape[0])
+
+    def block(_, start, end):
+        _exact_sq_dists(frames_np[start:end], codewords, labels_np[start:end], out.numpy()[start:end])
+
+    _in_blocks(frames.shape[0], block_rows, lambda: block, _threads())
+    return out
 
 
 MAX_BLOCKS, MIN_BLOCK_ROWS = 8, 16384  # per-frame passes (sums, bounds): up to 8 workers, 16k frames a block
@@ -522,13 +632,19 @@ class _ChunkSweep:
             else:
                 _gather_values(self.norms, self.rows[start:end], chunk_norms)
             dists = dists_buffer[: num_codewords * (end - start)].reshape(num_codewords, end - start)
-            np.matmul(self.codewords, chunk.T, out=dists)  # (codebook_size, chunk): the sweep reads rows
+            codeword_dots(self.codewords, chunk, dists)  # (codebook_size, chunk): the sweep reads rows
             _nearest_two_in_chunk(
                 dists, self.centroid_sq, chunk, self.codewords, chunk_norms, self.gamma, self.largest_sq,
                 sq_dists[start:end], second_sq[start:end], indices[start:end], index32[: end - start],
             )  # fmt: skip
 
         return sweep_chunk
+
+
+def codeword_dots(codewords: np.ndarray, chunk: np.ndarray, out: np.ndarray) -> None:
+    """out = codewords @ chunk.T: the one GEMM of the CPU search (numpy's BLAS; its rounding differs from one BLAS
+    and CPU to the next, which the labels and k-means never follow: tests/test_kmeans.py perturbs it)."""
+    np.matmul(codewords, chunk.T, out=out)
 
 
 _worker_threads: int | None = None  # set while torch's own ops are held to one thread (torch_on_one_thread)

@@ -1,9 +1,14 @@
+import importlib
+import math
+
 import pytest
 import torch
 
 from speechvq.codebook import kmeans
 from speechvq.codebook.kmeans import kmeans_plusplus, lloyd
 from speechvq.quantize import nearest_codewords
+
+kmeans_module = importlib.import_module("speechvq.codebook.kmeans")  # the package exports the function
 
 
 def planted(num_clusters=12, per_cluster=400, dim=6, spread=30.0, seed=0):
@@ -226,3 +231,82 @@ def test_cuda_fast_kmeans_is_reproducible_with_exact_sums_at_hubert_size():
     # The fast path's own inertia comes from TF32 distances; score both codebooks with exact distances.
     fast_inertia = float(nearest_codewords(points, runs[0].centroids)[1].double().sum())
     assert fast_inertia <= exact.inertia * (1 + 1e-3)
+
+
+def mfcc_like(num_frames=20000, dim=39, clusters=40, seed=0):
+    """Frames with MFCC's trouble: c0 near a thousand, clusters a few units apart, so the fp32 expansion
+    |x|^2 - 2 x.c + |c|^2 rounds by a sizeable share of the distances it computes."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(clusters, dim, generator=g) * 3
+    centers[:, 0] += 1000
+    return centers[torch.randint(clusters, (num_frames,), generator=g)] + torch.randn(num_frames, dim, generator=g)
+
+
+def one_ulp_off(result: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+    """Every element moved, up or down at random (a fixed pattern), by one ulp of `scale` (of itself by default): the
+    products summed in another order, as another BLAS or CPU does, in place. For distances from addmm, the scale is
+    the norms the GEMM's dot product cancels against (its rounding is an ulp of those, not of the small result)."""
+    scale = (result if scale is None else scale.expand_as(result)).abs()
+    ulp = scale.nextafter(torch.tensor(float("inf"))) - scale
+    up = torch.rand(result.shape, generator=torch.Generator().manual_seed(result.numel())) < 0.5
+    result.add_(torch.where(up, ulp, -ulp))
+
+
+def ulp_off_addmm(addmm):
+    """torch.addmm (base + alpha * a @ b, as the distance code calls it) with its products one ulp off."""
+
+    def perturbed_addmm(base, *args, **kwargs):
+        result = addmm(base, *args, **kwargs)
+        if result.dtype == torch.float32 and result.ndim == 2:
+            one_ulp_off(result, base)
+        return result
+
+    return perturbed_addmm
+
+
+def test_the_codebook_does_not_follow_the_gemms_rounding(monkeypatch):
+    """k-means with every distance GEMM one ulp off (numpy's in the CPU search, torch's addmm anywhere) makes the
+    same codebook bytes, restart choice and iteration count: labels are the float64 argmin's, k-means++ measures
+    distances in a fixed order of its own, and the stopping test and the restarts compare inertias computed from
+    the cluster totals. On these frames a 1-ulp change of the dot products moves distances by a few thousandths, so
+    k-means++ drawing from GEMM distances (as on CUDA) chooses other frames."""
+    from speechvq import cpu_kernels
+
+    frames = mfcc_like()
+
+    def fit():
+        return kmeans(frames, 100, generator=torch.Generator().manual_seed(3), n_init=2, max_iter=40, tol=1e-5)
+
+    reference = fit()
+    calls = []
+    plain_dots, plain_addmm = cpu_kernels.codeword_dots, torch.addmm
+
+    def perturbed_dots(codewords, chunk, out):
+        plain_dots(codewords, chunk, out)
+        one_ulp_off(torch.from_numpy(out))
+        calls.append("numpy")
+
+    monkeypatch.setattr(cpu_kernels, "codeword_dots", perturbed_dots)
+    monkeypatch.setattr(torch, "addmm", ulp_off_addmm(plain_addmm))
+    perturbed = fit()
+    assert "numpy" in calls, "the perturbed GEMM was not used"
+    assert perturbed.centroids.numpy().tobytes() == reference.centroids.numpy().tobytes()
+    assert (perturbed.inertia, perturbed.num_iterations, perturbed.inertia_history) == (
+        reference.inertia, reference.num_iterations, reference.inertia_history
+    )  # fmt: skip
+    # the perturbation is felt: the sum of the GEMM's distances, the old inertia, moves
+    labels, plain_sq = nearest_codewords(frames, reference.centroids)
+    monkeypatch.undo()
+    _, sq = nearest_codewords(frames, reference.centroids)
+    assert float(plain_sq.double().sum()) != float(sq.double().sum())
+
+
+def test_kmeans_plusplus_on_gemm_distances_follows_the_gemms_rounding(monkeypatch):
+    """The other side of the test above: torch's k-means++ steps (CUDA's, on GEMM distances) choose other frames
+    when the GEMM is one ulp off, so the frames' trouble is real and the compiled steps' independence is not luck."""
+    frames = mfcc_like()[:10000]
+    space = frames.T.contiguous()
+    draws = torch.rand(99, 2 + int(math.log(100)), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    plain = kmeans_module._greedy_rows(space, 0, draws)
+    monkeypatch.setattr(torch, "addmm", ulp_off_addmm(torch.addmm))
+    assert not torch.equal(kmeans_module._greedy_rows(space, 0, draws), plain)

@@ -129,8 +129,9 @@ def _gather_rows(local_frames: torch.Tensor, global_rows: torch.Tensor, offset: 
 def _global_farthest(local_frames: torch.Tensor, sq_dists: torch.Tensor, count: int) -> torch.Tensor:
     """The `count` frames worst served by the codebook across all ranks (re-seeds for empty clusters)."""
     take = min(count, sq_dists.numel())
-    values, rows = sq_dists.topk(take) if take else (sq_dists[:0], sq_dists[:0].long())
-    padded_values = torch.full((count,), -1.0, device=sq_dists.device)
+    rows = torch.sort(sq_dists, descending=True, stable=True).indices[:take]  # the first of equal ones
+    values = sq_dists[rows]
+    padded_values = torch.full((count,), -1.0, dtype=sq_dists.dtype, device=sq_dists.device)
     padded_frames = torch.zeros(count, local_frames.shape[1], device=local_frames.device)
     padded_values[:take], padded_frames[:take] = values, local_frames[rows]
     world = dist.get_world_size()
@@ -138,5 +139,5 @@ def _global_farthest(local_frames: torch.Tensor, sq_dists: torch.Tensor, count: 
     all_frames = [torch.empty_like(padded_frames) for _ in range(world)]
     dist.all_gather(all_values, padded_values)
     dist.all_gather(all_frames, padded_frames)
-    best = torch.cat(all_values).topk(count).indices
+    best = torch.sort(torch.cat(all_values), descending=True, stable=True).indices[:count]  # ranks in order
     return torch.cat(all_frames)[best]

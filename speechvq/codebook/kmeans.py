@@ -206,11 +206,15 @@ def _greedy_rows(space: torch.Tensor, first: int, draws: torch.Tensor) -> torch.
 
 def _seeding_space(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The frames as k-means++ measures them, transposed: (dim, num_frames), a random projection above SEEDING_DIM.
-    Candidate-major distances from a transposed copy were 2.5x faster than frame-major ones (MKL, narrow GEMMs)."""
+    Candidate-major distances from a transposed copy were 2.5x faster than frame-major ones (MKL, narrow GEMMs).
+    On the CPU the projection is a float64 GEMM rounded to float32, so the BLAS kernel's own rounding (~1e-16) does
+    not reach the seeding's float32 coordinates."""
     if frames.shape[1] <= 2 * SEEDING_DIM:
         return frames.T.contiguous()
     projection = torch.randn(SEEDING_DIM, frames.shape[1], generator=generator, device=generator.device)
-    return projection.to(frames.device) @ frames.T / math.sqrt(SEEDING_DIM)
+    wide = torch.float64 if frames.device.type == "cpu" else torch.float32
+    projected = projection.to(frames.device, wide) @ frames.T.to(wide) / math.sqrt(SEEDING_DIM)
+    return projected.to(torch.float32)
 
 
 def _sq_dists_from(space: torch.Tensor, frames_sq: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
@@ -228,8 +232,8 @@ class LocalFrames:
         return tensor
 
     def farthest(self, frames: torch.Tensor, sq_dists: torch.Tensor, count: int) -> torch.Tensor:
-        """The `count` frames worst served by the codebook (re-seeds for empty clusters)."""
-        return frames[sq_dists.topk(count).indices]
+        """The `count` frames worst served by the codebook (re-seeds for empty clusters); the first of equal ones."""
+        return frames[torch.sort(sq_dists, descending=True, stable=True).indices[:count]]
 
 
 def lloyd(
@@ -264,7 +268,9 @@ def lloyd(
         assign = "tf32" if precision == "fast" else "exact"
         bounded = frames.device.type == "cpu" and (warm_start or codebook_size >= BOUNDS_MIN_CODEBOOK)
         nearest = _assignment(frames, codebook_size, chunk_size, assign, bounded)
-        labels, sq_dists = nearest(centroids)
+        local_sq_norms = torch.tensor([_sq_norm_total(frames)], dtype=torch.float64, device=frames.device)
+        sq_norm_total = float(frames_of.sum(local_sq_norms))
+        labels, _ = nearest(centroids)
         if totals is None:
             totals = _cluster_totals(frames, labels, codebook_size, precision, frames_of)
         else:
@@ -273,9 +279,12 @@ def lloyd(
             total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False
         )
         for _ in range(max_iter - len(history)):
-            centroids = _centroids(frames, sq_dists, totals, frames_of)
-            new_labels, sq_dists = nearest(centroids)
-            inertia = float(frames_of.sum(sq_dists.sum(dtype=torch.float64).reshape(1)))
+            centroids = _centroids(frames, labels, centroids, totals, frames_of)
+            new_labels, _ = nearest(centroids)
+            new_totals = _relabelled(totals, frames, labels, new_labels, precision, frames_of)
+            # From the totals, not from sq_dists: the GEMM's distances round as the BLAS kernel does, and the stopping
+            # test and the choice between restarts must come out the same on every CPU.
+            inertia = inertia_from_totals(sq_norm_total, new_totals, centroids)
             bar.update(1)
             bar.set_postfix(inertia=f"{inertia:.5g}")
             changed = int(frames_of.sum((new_labels != labels).sum().reshape(1)))
@@ -284,8 +293,7 @@ def lloyd(
             if changed == 0 or improvement < tol:
                 converged = True
                 break
-            totals = _relabelled(totals, frames, labels, new_labels, precision, frames_of)
-            labels = new_labels
+            totals, labels = new_totals, new_labels
             if on_iteration is not None:
                 on_iteration(centroids, history, totals)
         bar.close()
@@ -347,14 +355,43 @@ def _relabelled(totals: ClusterTotals, frames, labels, new_labels, precision, fr
     return ClusterTotals(totals.sums + frames_of.sum(sums), totals.counts + frames_of.sum(counts))
 
 
-def _centroids(frames, sq_dists, totals: ClusterTotals, frames_of: LocalFrames) -> torch.Tensor:
+def _centroids(frames, labels, centroids, totals: ClusterTotals, frames_of: LocalFrames) -> torch.Tensor:
+    """The means of the clusters `totals` describes; an empty cluster is re-seeded at one of the frames worst served
+    by the current codebook (`centroids`, which gave `labels`), measured in float64 so that the choice does not
+    follow the GEMM's rounding."""
     updated = (totals.sums / totals.counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
     empty = (totals.counts == 0).nonzero().squeeze(1)
     if empty.numel():
-        # Re-seed each empty cluster at one of the frames worst served by the current codebook.
-        updated[empty] = frames_of.farthest(frames, sq_dists, empty.numel())
+        updated[empty] = frames_of.farthest(frames, exact_sq_dists(frames, centroids, labels), empty.numel())
         log.debug("re-seeded %d empty clusters", empty.numel())
     return updated
+
+
+def inertia_from_totals(sq_norm_total: float, totals: ClusterTotals, centroids: torch.Tensor) -> float:
+    """sum_i |x_i - c_(label i)|^2 from sum_i |x_i|^2 and the cluster totals of the labels (cpu_kernels)."""
+    from .. import cpu_kernels  # lazily, as in quantize
+
+    return cpu_kernels.inertia_from_totals(sq_norm_total, totals.sums, totals.counts, centroids)
+
+
+def _sq_norm_total(frames: torch.Tensor) -> float:
+    """sum_i |x_i|^2 in float64, the same on every CPU (on CUDA, torch's float64 sum)."""
+    if frames.device.type != "cpu":
+        return float(sum(float(part.double().square().sum()) for part in frames.split(1 << 20)))
+    from .. import cpu_kernels  # lazily, as in quantize
+
+    return cpu_kernels.sq_norm_total(frames)
+
+
+def exact_sq_dists(frames: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """|x_i - c_(label i)|^2 in float64, summed directly (on CUDA, in chunks of torch ops)."""
+    if frames.device.type == "cpu":
+        from .. import cpu_kernels  # lazily, as in quantize
+
+        return cpu_kernels.exact_sq_dists(frames, centroids, labels)
+    parts = [(rows.double() - centroids[part_labels].double()).square().sum(dim=1)
+             for rows, part_labels in zip(frames.split(1 << 16), labels.split(1 << 16))]  # fmt: skip
+    return torch.cat(parts)
 
 
 def _cluster_sums(frames: torch.Tensor, labels: torch.Tensor, codebook_size: int) -> torch.Tensor:
