@@ -51,6 +51,12 @@ MUTANTS = {
         "            inertia = float(nearest(centroids)[1].sum(dtype=torch.float64))\n",
         ["tests/test_kmeans.py::test_the_codebook_does_not_follow_the_gemms_rounding"],
     ),
+    "stereo read as its first channel": (
+        "speechvq/audio.py",
+        "    mono = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])\n",
+        "    mono = torch.from_numpy(data[:, 0])\n",
+        ["tests/test_promises.py"],
+    ),
     "config accepts chunk_size <= 0": (
         "speechvq/checks.py",
         'OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}',

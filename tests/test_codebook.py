@@ -42,6 +42,13 @@ def test_fingerprint_depends_on_content():
     changed = Codebook(a.centroids + 1e-3, a.feature_config, 100.0)
     other_features = Codebook(a.centroids, {**a.feature_config, "num_mel_bins": 40}, 100.0)
     assert len({a.fingerprint, changed.fingerprint, other_features.fingerprint}) == 3
+    # the global normalization decides the units too, and the training summary does not
+    n = make_codebook(normalized=True)
+    shifted = Codebook(n.centroids, n.feature_config, 100.0, n.feature_mean + 1e-3, n.feature_std)
+    scaled = Codebook(n.centroids, n.feature_config, 100.0, n.feature_mean, n.feature_std * 2)
+    retrained = Codebook(n.centroids, n.feature_config, 100.0, n.feature_mean, n.feature_std, {"inertia": 9.0})
+    assert len({a.fingerprint, n.fingerprint, shifted.fingerprint, scaled.fingerprint}) == 4
+    assert retrained.fingerprint == n.fingerprint
 
 
 def test_mismatch_errors_name_the_difference():

@@ -10,7 +10,7 @@ import torch
 from conftest import speechlike
 from safetensors.torch import load_file
 
-from speechvq import pipeline
+from speechvq import job, pipeline
 from speechvq.config import CodebookConfig, DataConfig, FeatureConfig, ObjectiveConfig, RunConfig, TrainEncoderConfig
 from speechvq.encoder import batches
 from speechvq.encoder.batches import narrowband, span_mask, span_starts, targets_at_rate
@@ -217,7 +217,9 @@ def test_iterations_run_in_one_command_each_predicting_the_previous_units(datase
 
     config = dataclasses.replace(hubert_config(dataset, None, steps=3), iteration=IterationConfig(count=3))
     config.codebook = CodebookConfig(codebook_size=5, n_init=1, max_iter=10)
-    summary = pipeline.run(config, tmp_path / "it")
+    with pytest.raises(ConfigError, match="iteration.count"):  # one pipeline run is one iteration
+        pipeline.run(config, tmp_path / "refused")
+    summary = job.run(config, tmp_path / "it")
     rows = json.loads((tmp_path / "it/iterations.json").read_text())
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     first_targets = tmp_path / "it/iteration1/targets"
@@ -236,7 +238,7 @@ def test_iterations_run_in_one_command_each_predicting_the_previous_units(datase
     assert summary.run_dir == tmp_path / "it/iteration3/units"
     assert rows[1]["train_encoder_s"] > 0 and rows[0]["train_encoder_s"] == 0
     # A rerun skips every finished stage and still reports each model's training time (once it reported 0).
-    pipeline.run(config, tmp_path / "it")
+    job.run(config, tmp_path / "it")
     again = json.loads((tmp_path / "it/iterations.json").read_text())
     assert [r["train_encoder_s"] for r in again] == [r["train_encoder_s"] for r in rows]
 

@@ -1,6 +1,8 @@
-"""The README's commands, run as written on the bundled demo data, so a README command cannot silently break.
+"""The README's commands, run as written on the bundled demo data, so a README command cannot silently break; and
+every relative link of the README and docs/ resolving.
 
-Every command line of every ```bash block is run, in README order, in a scratch folder holding a link to
+Every command line of every ```bash block of the README and of the docs pages its details moved to
+(COMMAND_PAGES) is run, in that order, in a scratch folder holding a link to
 data/ (so relative paths such as runs/demo resolve as they do for a user in the repository). `.venv/bin/python`
 and `python` mean this interpreter, `torchrun` its torch.distributed.run, `make demo` the Makefile's own recipe.
 A command is left out only when the demo data cannot serve it, and SPECIAL says why; a new README command runs
@@ -75,6 +77,15 @@ def tiny_hubert_folder(folder: Path) -> None:
     transformers.HubertModel(config).save_pretrained(folder)
 
 
+# The pages whose commands run, in this order: the README's first (make demo makes runs/demo), then the docs pages
+# that hold the details the README links to.
+COMMAND_PAGES = ["README.md", "docs/learned_units.md", "docs/SCALING.md"]
+
+
+def page_commands() -> list[str]:
+    return [command for page in COMMAND_PAGES for command in shell_commands((REPO / page).read_text())]
+
+
 def shell_commands(markdown: str) -> list[str]:
     """The command lines of the ```bash blocks: comments dropped, backslash continuations joined."""
     commands = []
@@ -116,9 +127,55 @@ def action(command: str) -> str:
 
 
 def test_readme_lists_its_commands():
-    commands = shell_commands((REPO / "README.md").read_text())
-    assert "make demo" in commands and "make test" in commands
+    readme = shell_commands((REPO / "README.md").read_text())
+    assert readme[:2] == ["make demo", "make test"]
+    commands = page_commands()
     assert any("hydra/launcher=joblib" in c for c in commands) and any("stages=[merge]" in c for c in commands)
+
+
+def test_every_docs_page_with_commands_is_run():
+    """A docs page that gains a ```bash block joins COMMAND_PAGES, or its commands would go untested."""
+    with_commands = {str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md") if shell_commands(p.read_text())}
+    assert with_commands <= set(COMMAND_PAGES)
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def relative_links(markdown: str) -> list[str]:
+    """Targets of the page's [text](target) links and images that are neither URLs nor mail addresses."""
+    targets = re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", markdown, flags=re.S))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def broken_links(page: Path) -> list[str]:
+    text, broken = page.read_text(), []
+    for target in relative_links(text):
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file.read_text()):
+            broken.append(target)
+    return broken
+
+
+def test_every_relative_link_resolves():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    assert sum(len(relative_links(p.read_text())) for p in pages) > 20, "the links were not read"
+    broken = {str(p.relative_to(REPO)): broken_links(p) for p in pages}
+    assert {page: links for page, links in broken.items() if links} == {}
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path):
+    (tmp_path / "there.md").write_text("# A heading, with punctuation!\n")
+    page = tmp_path / "page.md"
+    page.write_text("[ok](there.md) [ok](there.md#a-heading-with-punctuation) [web](https://example.org/x) "
+                    "[gone](missing.md) [bad anchor](there.md#nowhere) ![img](pic.png)\n")  # fmt: skip
+    assert broken_links(page) == ["missing.md", "there.md#nowhere", "pic.png"]
 
 
 @pytest.mark.slow
@@ -129,7 +186,7 @@ def test_readme_commands_run_as_written(tmp_path):
     tiny_hubert_folder(tmp_path / "checkpoints" / "hubert-tiny")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     ran, skipped = [], []
-    for command in shell_commands(readme):
+    for command in page_commands():
         what = action(command)
         if what.startswith("skip:"):
             skipped.append(f"{command}  ({what[5:].strip()})")

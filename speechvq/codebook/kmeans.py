@@ -268,13 +268,11 @@ def lloyd(
         assign = "tf32" if precision == "fast" else "exact"
         bounded = frames.device.type == "cpu" and (warm_start or codebook_size >= BOUNDS_MIN_CODEBOOK)
         nearest = _assignment(frames, codebook_size, chunk_size, assign, bounded)
-        local_sq_norms = torch.tensor([_sq_norm_total(frames)], dtype=torch.float64, device=frames.device)
-        sq_norm_total = float(frames_of.sum(local_sq_norms))
+        sq_norm_total = _sq_norm_total(frames, frames_of)
         labels, _ = nearest(centroids)
         if totals is None:
             totals = _cluster_totals(frames, labels, codebook_size, precision, frames_of)
-        else:
-            totals = ClusterTotals(totals.sums.to(frames.device), totals.counts.to(frames.device))
+        totals = ClusterTotals(totals.sums.to(frames.device), totals.counts.to(frames.device))
         bar = tqdm(
             total=max_iter, initial=len(history), desc=description, disable=None if progress else True, leave=False
         )
@@ -282,8 +280,7 @@ def lloyd(
             centroids = _centroids(frames, labels, centroids, totals, frames_of)
             new_labels, _ = nearest(centroids)
             new_totals = _relabelled(totals, frames, labels, new_labels, precision, frames_of)
-            # From the totals, not from sq_dists: the GEMM's distances round as the BLAS kernel does, and the stopping
-            # test and the choice between restarts must come out the same on every CPU.
+            # From the totals, not the GEMM's distances (they round as the BLAS kernel does): the same on every CPU.
             inertia = inertia_from_totals(sq_norm_total, new_totals, centroids)
             bar.update(1)
             bar.set_postfix(inertia=f"{inertia:.5g}")
@@ -374,13 +371,15 @@ def inertia_from_totals(sq_norm_total: float, totals: ClusterTotals, centroids: 
     return cpu_kernels.inertia_from_totals(sq_norm_total, totals.sums, totals.counts, centroids)
 
 
-def _sq_norm_total(frames: torch.Tensor) -> float:
-    """sum_i |x_i|^2 in float64, the same on every CPU (on CUDA, torch's float64 sum)."""
+def _sq_norm_total(frames: torch.Tensor, frames_of: LocalFrames) -> float:
+    """sum_i |x_i|^2 over all ranks' frames in float64, the same on every CPU (on CUDA, torch's float64 sum)."""
     if frames.device.type != "cpu":
-        return float(sum(float(part.double().square().sum()) for part in frames.split(1 << 20)))
-    from .. import cpu_kernels  # lazily, as in quantize
+        local = sum(float(part.double().square().sum()) for part in frames.split(1 << 20))
+    else:
+        from .. import cpu_kernels  # lazily, as in quantize
 
-    return cpu_kernels.sq_norm_total(frames)
+        local = cpu_kernels.sq_norm_total(frames)
+    return float(frames_of.sum(torch.tensor([local], dtype=torch.float64, device=frames.device)))
 
 
 def exact_sq_dists(frames: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def evaluate(
     units_model = load_unit_model(codebook, quantize, folder)
     units_model.check_compatible(store.feature_config, store.dim)
     _check_units_made_by(folder, units_model.fingerprint)
-    matched = _alignments(data, [stored.utt_id for stored in store.utterances])
+    matched = _alignments(data, _dataset_ids(store, every_rank=report_to is not None))
     alignments = matched.by_id if matched else {}
     found = _Collected.create(evaluate, data, store, folder, units_model, alignments)
     _scan(store, folder, data.split, units_model, alignments, found)
@@ -76,6 +76,16 @@ def evaluate(
     if evaluate.plot:
         _plots(folder, found.metrics, found.phones, metrics)
     return metrics
+
+
+def _dataset_ids(store: FeatureStore, every_rank: bool) -> list[str]:
+    """The ids of this run's utterances; under torchrun every rank's (the ABX items on rank 0 span all shards)."""
+    ids = [stored.utt_id for stored in store.utterances]
+    if not every_rank:
+        return ids
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, ids)
+    return [utt_id for part in parts for utt_id in part]
 
 
 def _alignments(data: DataConfig, dataset_ids: list[str]) -> IdMatch | None:
