@@ -217,3 +217,16 @@ def test_features_do_not_depend_on_the_cpus_kernels(name, tmp_path):
     assert len(frames) == 2, f"both runs used the same kernels: {list(frames)}"
     first, second = frames.values()
     assert first.shape[0] > 300 and first.tobytes() == second.tobytes()
+
+
+@pytest.mark.parametrize("window,hop", [(400, 160), (200, 80), (400, 400), (551, 220)])
+def test_frame_means_are_the_float64_means_rounded(window, hop):
+    """Each frame's mean, summed in float64 (from shared blocks for an unfold view) and rounded once: the same as
+    a float64 mean of the frame, whatever slice of the signal's frames is asked for."""
+    from speechvq.features.kaldi_batched import frame_means
+
+    signal = torch.randn(40_000, generator=torch.Generator().manual_seed(window)) * 1e-3 + 0.01
+    frames = signal.unfold(0, window, hop)
+    for part in (frames, frames[7:50], frames[3:4], frames[10:60].contiguous()):
+        expected = part.double().mean(dim=1, keepdim=True).float()
+        assert frame_means(part).numpy().tobytes() == expected.numpy().tobytes()
