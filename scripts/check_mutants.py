@@ -57,6 +57,18 @@ MUTANTS = {
         "    mono = torch.from_numpy(data[:, 0])\n",
         ["tests/test_promises.py"],
     ),
+    "a live holder's run-folder lock is taken over": (
+        "speechvq/run_lock.py",
+        '        if holder.get("host") != socket.gethostname() or _alive(holder):\n',
+        "        if False:\n",
+        ["tests/test_disk_and_lock.py"],
+    ),
+    "a full disk surfaces as a raw OSError": (
+        "speechvq/fileio.py",
+        "        if isinstance(exc, OSError) and exc.errno in DISK_FULL:\n",
+        "        if False:\n",
+        ["tests/test_disk_and_lock.py"],
+    ),
     "config accepts chunk_size <= 0": (
         "speechvq/checks.py",
         'OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}',

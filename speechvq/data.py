@@ -114,7 +114,7 @@ def check_files(utterances: list[Utterance], on_error: OnError) -> tuple[list[Ut
                 raise
             skipped.append(SkippedFile(utt.utt_id, utt.path, exc.reason))
             continue
-        good.append(dataclasses.replace(utt, num_samples=info.frames))
+        good.append(dataclasses.replace(utt, num_samples=info.frames, sample_rate=info.samplerate))
     return good, skipped
 
 

@@ -94,3 +94,23 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, path: str | Path, key: str, problem: str):
         self.key, self.problem = key, problem
         super().__init__(path, f"weight {key!r}: {problem}")
+
+
+class DiskFullError(SpeechVQError):
+    """The filesystem ran out of space while writing `path` (or would, by the features stage's estimate). Nothing
+    under the final name is partial; free space and run the same command again to resume."""
+
+    def __init__(self, path: str | Path, detail: str):
+        self.path, self.detail = str(path), detail
+        super().__init__(f"no space left for {self.path}: {detail}; free space and run again to resume")
+
+
+class RunFolderBusyError(SpeechVQError):
+    """Another live process is writing the run folder: two writers would mix their outputs."""
+
+    def __init__(self, folder: str | Path, host: str, pid: int, since: str):
+        self.folder, self.host, self.pid = str(folder), host, pid
+        super().__init__(
+            f"{self.folder} is in use by process {pid} on {host} (since {since}); wait for it, use another run folder "
+            f"(hydra.run.dir=...), or, if that process is gone, delete {Path(folder) / '.speechvq' / 'lock'}"
+        )

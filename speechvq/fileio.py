@@ -5,16 +5,20 @@ leaves a partial file under the final name."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 import torch
+
+from .errors import DiskFullError
 
 # mkstemp creates files readable by the owner only; finished artifacts get the usual umask-based mode.
 _UMASK = os.umask(0)
@@ -35,11 +39,33 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise DiskFullError(path, f"{os.strerror(exc.errno)} ({size_text(free_bytes(path.parent))} free)") from None
         raise
     _fsync_dir(path.parent)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; quota exceeded
+
+
+def size_text(num_bytes: float) -> str:
+    """1536 -> '1.5 KiB': sizes in messages, in the unit that keeps two or three digits."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.3g} {unit}" if unit != "B" and num_bytes < 100 else f"{num_bytes:,.0f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.3g} TiB"  # pragma: no cover - the loop returns
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free bytes for an unprivileged writer on the filesystem holding `folder` (0 where it cannot be read)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def remove_stale_temps(folder: str | Path, name: str = "*") -> list[Path]:

@@ -3,6 +3,7 @@ each stage gets the config sections it reads, the run folder and the device, and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from . import fileio
+from . import fileio, run_lock
 from .checks import check_config
 from .config import MergeConfig, RunConfig, Stage
 from .errors import ConfigError
 from .featstore import INDEX_FILE, FeatureStore
 from .features import FEATURES, build_extractor
-from .ranks import distributed
+from .ranks import distributed, process_group
 from .report import format_report, summary_rows
 from .report_html import write_report
 from .run_folder import FileCounts, RunFolder
@@ -81,6 +82,12 @@ def run(config: RunConfig, run_dir: str | Path) -> RunSummary:
     config, device = prepare(config, run_dir)
     folder = RunFolder(run_dir)
     folder.root.mkdir(parents=True, exist_ok=True)
+    # One writer per folder; under torchrun rank 0 holds it for all ranks (they write into ranks/<r>/).
+    with run_lock.hold(folder.root, folder.lock_file) if process_group()[0] == 0 else contextlib.nullcontext():
+        return _run_stages(config, folder, device)
+
+
+def _run_stages(config: RunConfig, folder: RunFolder, device: torch.device) -> RunSummary:
     log.info("run folder %s, device %s, stages %s", folder.root, device, [str(s) for s in config.stages])
     by_rank = distributed() and config.data.num_shards == 1 and "features" in config.stages
     seconds, results = {}, {}

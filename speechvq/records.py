@@ -15,6 +15,7 @@ class Utterance:
     utt_id: str  # unique within the dataset; also the key of alignments and outputs
     path: Path  # absolute path of the audio file
     num_samples: int | None = None  # as claimed by a manifest (at the file's own rate), if any
+    sample_rate: int | None = None  # the file's own rate, once its header was read
 
 
 @dataclass(frozen=True)

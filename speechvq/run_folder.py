@@ -118,6 +118,7 @@ class RunFolder:
         return folder / "targets", folder / "units"
 
     unit_parts_dir = property(lambda self: self.root / self.MARKERS / "units")
+    lock_file = property(lambda self: self.root / self.MARKERS / "lock")  # held while a run writes here (run_lock)
 
     def manifest(self, split: str) -> Path:
         return self.root / f"{split}.tsv"

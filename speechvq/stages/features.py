@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import fileio
 from ..config import DataConfig, FeatureConfig
 from ..data import batches_by_length, check_files, iter_batches
-from ..errors import EmptyDatasetError
+from ..errors import DiskFullError, EmptyDatasetError
 from ..featstore import FeatureStore, FeatureWriter
 from ..features import build_extractor
 from ..manifest import list_utterances, shard
@@ -58,6 +59,7 @@ def extract_features(
         part_bytes=int(data.part_mb * 2**20),
     )
     progress = _resume(writer, key, good, skipped)
+    _check_disk(folder.features_dir, extractor, good[progress.checkpoint_state()["consumed"] :])
     _extract(data, features, extractor, writer, key, good, progress, device)
     counts = FileCounts(len(utterances), len(progress.processed), len(progress.skipped))
     _finish(data, folder, writer, listing, progress, counts)
@@ -79,6 +81,19 @@ def _resume(writer: FeatureWriter, key: str, good: list[Utterance], skipped: lis
     progress = _Progress([by_id[entry.utt_id] for entry in writer.entries], list(skipped), len(skipped))
     progress.skipped += [SkippedFile(utt_id, Path(path), reason) for utt_id, path, reason in state["skipped"]]
     return progress
+
+
+def _check_disk(features_dir: Path, extractor, remaining: list[Utterance]) -> None:
+    """Refuse to start when the frames still to store (float32, from the headers' durations) exceed the free space
+    of the features' filesystem, instead of failing when it fills."""
+    seconds = sum(u.num_samples / u.sample_rate for u in remaining if u.num_samples and u.sample_rate)
+    needed = int(seconds * extractor.frame_rate_hz) * extractor.dim * 4
+    free = fileio.free_bytes(features_dir)
+    if needed > free:
+        detail = (f"the features need about {fileio.size_text(needed)} ({seconds / 3600:.3g} h at "
+                  f"{extractor.frame_rate_hz:g} frames/s x {extractor.dim} float32), the filesystem has "
+                  f"{fileio.size_text(free)} free")  # fmt: skip
+        raise DiskFullError(features_dir, detail)
 
 
 def _extract(data, features, extractor, writer, key, good, progress: _Progress, device) -> None:
