@@ -69,6 +69,12 @@ MUTANTS = {
         "        if False:\n",
         ["tests/test_disk_and_lock.py"],
     ),
+    "the API assigns unrounded frames of a float16 store": (
+        "speechvq/api.py",
+        "self.extractor(self._samples(waveform, sample_rate)), self.feature_config.store_dtype)",
+        "self.extractor(self._samples(waveform, sample_rate)), 'float32')",
+        ["tests/test_store_dtype.py"],
+    ),
     "config accepts chunk_size <= 0": (
         "speechvq/checks.py",
         'OPTIONAL_AT_LEAST = {"codebook.chunk_size": 1, "quantize.chunk_size": 1}',

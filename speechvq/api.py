@@ -14,6 +14,7 @@ from .codebook import Codebook, load_codebook
 from .config import FeatureConfig
 from .errors import MissingArtifactError, SpeechVQError
 from .features import build_extractor
+from .features.base import as_stored
 from .reconstruct import build_inversion
 from .run_folder import RunFolder
 from .units import EncoderUnits, KMeansUnits
@@ -47,23 +48,27 @@ class UnitEncoder:
             raise ValueError(f"waveform must be (num_samples,) or (channels, num_samples), got {tuple(samples.shape)}")
         return resample(samples, sample_rate, self.feature_config.sample_rate).to(self.device)
 
+    def _frames(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+        """The frames as the run stored them (rounded to features.store_dtype)."""
+        return as_stored(self.extractor(self._samples(waveform, sample_rate)), self.feature_config.store_dtype)
+
     @torch.inference_mode()
     def features(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
         """(num_samples,) or (channels, num_samples) audio at sample_rate -> (num_frames, dim) float32, in the
         space the units are assigned in (normalized as a k-means codebook expects)."""
-        return self.unit_model.normalize(self.extractor(self._samples(waveform, sample_rate)))
+        return self.unit_model.normalize(self._frames(waveform, sample_rate))
 
     @torch.inference_mode()
     def encode(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
         """Audio -> units on the encoder's device."""
-        return self._assign(self.extractor(self._samples(waveform, sample_rate)))
+        return self._assign(self._frames(waveform, sample_rate))
 
     @torch.inference_mode()
     def encode_batch(self, waveforms: list[torch.Tensor | np.ndarray], sample_rate: int) -> list[torch.Tensor]:
         """Several files in batched feature extraction (padded and masked where the family batches); each result
         equals encode() of that file alone."""
         frames = self.extractor.extract_batch([self._samples(wave, sample_rate) for wave in waveforms])
-        return [self._assign(part) for part in frames]
+        return [self._assign(as_stored(part, self.feature_config.store_dtype)) for part in frames]
 
     def _assign(self, frames: torch.Tensor) -> torch.Tensor:
         units = self.unit_model.assign(frames)

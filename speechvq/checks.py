@@ -20,6 +20,7 @@ from .config import (
     Precision,
     RunConfig,
     Stage,
+    StoreDtype,
 )
 from .encoder import OBJECTIVES
 from .encoder.quantizers import QUANTIZERS
@@ -38,6 +39,7 @@ CHOICES = {
     "train_encoder.objective.front_end": FrontEnd,
     "features.layer_reduction": LayerReduction,
     "features.dtype": Dtype,
+    "features.store_dtype": StoreDtype,
     "train_encoder.dtype": Dtype,
     "evaluate.abx.distance": AbxDistance,
 }

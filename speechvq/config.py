@@ -31,7 +31,8 @@ OnError = _choice("OnError", ("raise", "skip"))
 Normalize = _choice("Normalize", ("none", "utterance", "utterance_l2", "global"))
 Precision = _choice("Precision", ("exact", "fast"))
 LayerReduction = _choice("LayerReduction", ("concat", "mean", "tokens"))
-Dtype = _choice("Dtype", ("float32", "bfloat16"))  # bfloat16: autocast (CUDA, or CPUs with bf16 support)
+Dtype = _choice("Dtype", ("float32", "bfloat16"))
+StoreDtype = _choice("StoreDtype", ("float32", "float16"))  # bfloat16: autocast (CUDA, or CPUs with bf16 support)
 AbxDistance = _choice("AbxDistance", ("angular", "euclidean", "kl", "kl_symmetric"))
 FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
 LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
@@ -75,12 +76,15 @@ class FeatureConfig:
     layer_reduction: LayerReduction = LayerReduction["concat"]
     dtype: Dtype = Dtype["float32"]  # ssl: float32 | bfloat16 (autocast, for GPUs)
     chunk_s: float = 30.0  # ssl, encoder: longer audio runs in chunks of this length with 1 s of context each side
+    # the stored frames' precision: float16 halves features/ on disk; the frames are rounded to it wherever units are
+    # made (the quantize stage and speechvq.load alike), so it is part of what decides the units
+    store_dtype: StoreDtype = StoreDtype["float32"]
 
     def to_dict(self) -> dict:
         """The recorded feature config. Fields added after the first codebook format appear only when they differ
         from their default, so codebooks made before they existed keep their fingerprints and stay compatible."""
         recorded = asdict(self)
-        for key, default in (("layer_reduction", "concat"), ("dtype", "float32")):
+        for key, default in (("layer_reduction", "concat"), ("dtype", "float32"), ("store_dtype", "float32")):
             if recorded[key] == default:
                 del recorded[key]
         return recorded

@@ -37,10 +37,19 @@ class FeatureWriter:
     writer thread, which writes it and then records it, with the caller's state, as safely on disk; so an
     interrupted features stage resumes from its last written part, while the next batches are computed."""
 
-    def __init__(self, folder: Path, feature_config: dict, dim: int, frame_rate_hz: float, part_bytes: int = 16 << 20):
+    def __init__(
+        self,
+        folder: Path,
+        feature_config: dict,
+        dim: int,
+        frame_rate_hz: float,
+        part_bytes: int = 16 << 20,
+        dtype: torch.dtype = torch.float32,  # what the parts hold (float16: features.store_dtype)
+    ):
         self.folder = folder
         self.feature_config, self.dim, self.frame_rate_hz = feature_config, dim, frame_rate_hz
-        self.part_frames = max(1, part_bytes // (4 * dim))
+        self.dtype = dtype
+        self.part_frames = max(1, part_bytes // (dtype.itemsize * dim))
         self.entries: list[StoredUtterance] = []
         self._pending: list[torch.Tensor] = []
         self._pending_frames = 0
@@ -109,7 +118,7 @@ class FeatureWriter:
         self._part_start = len(self.entries)
 
         def write() -> None:
-            frames = torch.cat(pending) if pending else torch.zeros(0, self.dim)
+            frames = (torch.cat(pending) if pending else torch.zeros(0, self.dim)).to(self.dtype)
             metadata = {"utterances": json.dumps(rows)}
             write_bytes(path, save_safetensors_bytes({"frames": frames}, metadata=metadata))
             del frames, pending[:]
@@ -152,7 +161,7 @@ class FeatureStore:
 
     def _load_part(self, part: int) -> torch.Tensor:
         with safe_open(str(self.folder / f"part-{part:05d}.safetensors"), framework="pt") as handle:
-            return handle.get_tensor("frames")
+            return handle.get_tensor("frames").to(torch.float32)  # float16 parts (features.store_dtype) widened
 
     def iter_parts(self) -> Iterator[tuple[list[StoredUtterance], torch.Tensor]]:
         """(utterances of the part, their frames concatenated (part_frames, dim)), in dataset order."""

@@ -72,6 +72,7 @@ CASES = [  # (override, key the error must name)
     ("train_encoder.warmup_steps=-1", "train_encoder.warmup_steps"),
     ("iteration.count=-1", "iteration.count"),
     ("iteration.count=2", "features.name"),  # HuBERT's iterations on MFCC features: not what they are
+    ("features.store_dtype=half", "features.store_dtype"),
     ("device=tpu", "device"),  # not a backend speechvq runs on (torch.device raised a bare RuntimeError)
     ("device=mps", "device"),
     ("device=gpu", "device"),

@@ -32,6 +32,17 @@ class FeatureExtractor(Protocol):
     takes_layer_lists: bool  # features.layer may be a list of layers
 
 
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def as_stored(frames: torch.Tensor, store_dtype: str) -> torch.Tensor:
+    """Frames (float32) rounded to the precision they are stored in (features.store_dtype), as float32: what the
+    train, quantize and evaluate stages read back, and what the API assigns, so both make the same units."""
+    if store_dtype == "float32":
+        return frames
+    return frames.to(STORE_DTYPES[store_dtype]).to(torch.float32)
+
+
 def normalize_utterance(frames: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Per-utterance CMVN: zero mean, unit variance per dimension over the utterance's frames."""
     if frames.shape[0] < 2:

@@ -16,6 +16,7 @@ from ..data import batches_by_length, check_files, iter_batches
 from ..errors import DiskFullError, EmptyDatasetError
 from ..featstore import FeatureStore, FeatureWriter
 from ..features import build_extractor
+from ..features.base import STORE_DTYPES
 from ..manifest import list_utterances, shard
 from ..records import FeatureMatrix, SkippedFile, Utterance
 from ..run_folder import FileCounts, RunFolder
@@ -57,9 +58,10 @@ def extract_features(
         extractor.dim,
         extractor.frame_rate_hz,
         part_bytes=int(data.part_mb * 2**20),
+        dtype=STORE_DTYPES[features.store_dtype],
     )
     progress = _resume(writer, key, good, skipped)
-    _check_disk(folder.features_dir, extractor, good[progress.checkpoint_state()["consumed"] :])
+    _check_disk(folder.features_dir, extractor, good[progress.checkpoint_state()["consumed"] :], writer.dtype)
     _extract(data, features, extractor, writer, key, good, progress, device)
     counts = FileCounts(len(utterances), len(progress.processed), len(progress.skipped))
     _finish(data, folder, writer, listing, progress, counts)
@@ -83,15 +85,15 @@ def _resume(writer: FeatureWriter, key: str, good: list[Utterance], skipped: lis
     return progress
 
 
-def _check_disk(features_dir: Path, extractor, remaining: list[Utterance]) -> None:
-    """Refuse to start when the frames still to store (float32, from the headers' durations) exceed the free space
-    of the features' filesystem, instead of failing when it fills."""
+def _check_disk(features_dir: Path, extractor, remaining: list[Utterance], dtype: torch.dtype) -> None:
+    """Refuse to start when the frames still to store (from the headers' durations) exceed the free space of the
+    features' filesystem, instead of failing when it fills."""
     seconds = sum(u.num_samples / u.sample_rate for u in remaining if u.num_samples and u.sample_rate)
-    needed = int(seconds * extractor.frame_rate_hz) * extractor.dim * 4
+    needed = int(seconds * extractor.frame_rate_hz) * extractor.dim * dtype.itemsize
     free = fileio.free_bytes(features_dir)
     if needed > free:
         detail = (f"the features need about {fileio.size_text(needed)} ({seconds / 3600:.3g} h at "
-                  f"{extractor.frame_rate_hz:g} frames/s x {extractor.dim} float32), the filesystem has "
+                  f"{extractor.frame_rate_hz:g} frames/s x {extractor.dim} {str(dtype)[6:]}), the filesystem has "
                   f"{fileio.size_text(free)} free")  # fmt: skip
         raise DiskFullError(features_dir, detail)
 
