@@ -83,8 +83,8 @@ MUTANTS = {
     ),
     "quantize.precision not passed on": (
         "speechvq/units.py",
-        "            self.chunk_size,\n            self.precision,\n",
-        "            self.chunk_size,\n",
+        "centroids[:, part].contiguous(), self.chunk_size, self.precision\n",
+        "centroids[:, part].contiguous(), self.chunk_size\n",
         ["tests/test_quantize.py"],
     ),
     "fast precision silently exact on CPU": (
@@ -143,8 +143,8 @@ MUTANTS = {
     ),
     "empty cluster re-seeded at the best-served frames": (
         "speechvq/codebook/kmeans.py",
-        "return frames[sq_dists.topk(count).indices]",
-        "return frames[sq_dists.topk(count, largest=False).indices]",
+        "return frames[torch.sort(sq_dists, descending=True, stable=True).indices[:count]]",
+        "return frames[torch.sort(sq_dists, descending=False, stable=True).indices[:count]]",
         ["tests/test_kmeans.py"],
     ),
     "k-means++ keeps the worst candidate": (
@@ -154,15 +154,15 @@ MUTANTS = {
         ["tests/test_kmeans.py"],
     ),
     "SSL chunks lose their context": (
-        "speechvq/features/ssl_model.py",
-        "            start = max(0, core_start - context)\n",
-        "            start = core_start\n",
+        "speechvq/features/base.py",
+        "        start = max(0, core_start - context)\n",
+        "        start = core_start\n",
         ["tests/test_ssl.py"],
     ),
     "SSL chunk stitched one frame off": (
-        "speechvq/features/ssl_model.py",
-        "out[first:last] = frames[first - start // self.hop : last - start // self.hop]",
-        "out[first:last] = frames[first - start // self.hop + 1 : last - start // self.hop + 1]",
+        "speechvq/features/base.py",
+        "out[first:last] = frames[first - start // hop : last - start // hop]",
+        "out[first:last] = frames[first - start // hop + 1 : last - start // hop + 1]",
         ["tests/test_ssl.py"],
     ),
     "mfcc delta-deltas taken of the statics": (
