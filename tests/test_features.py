@@ -209,6 +209,8 @@ def test_features_do_not_depend_on_the_cpus_kernels(tmp_path):
     import sys
     from pathlib import Path
 
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU runs ATen's generic kernels already: there is no other kernel set to compare with")
     out = tmp_path / "generic.npz"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     done = subprocess.run([sys.executable, "-c", CAPABILITY_SCRIPT, str(out), str(Path(__file__).parent)], env=env,
