@@ -348,14 +348,15 @@ def _candidate_potentials(space, frames_sq, which, closest, dists, potentials): 
             points_sq[t] += points[t, d] * points[t, d]
         potentials[t] = 0.0
     dots = np.empty((which.shape[0], SEEDING_BLOCK), dtype=np.float32)
+    sums = np.empty(8)  # eight running sums of a candidate's block, frame j into sum j % 8 (see below)
     for start in range(0, num_frames, SEEDING_BLOCK):
         end = min(num_frames, start + SEEDING_BLOCK)
         _dots_into(space, points, start, end, dots)
         for t in range(which.shape[0]):
             row, base, two_dots = dists[t], points_sq[t], dots[t]
-            # Eight running sums, frame j into sum j % 8, added in a fixed order: one chain of dependent float64 adds
-            # waited on each add's latency, and reassociation would let the CPU choose the order.
-            sums = np.zeros(8)
+            # Eight running sums added in a fixed order: one chain of dependent float64 adds waited on each add's
+            # latency, and reassociation would let the CPU choose the order.
+            sums[:] = 0.0
             j = 0
             while j + 8 <= end - start:
                 for k in range(8):
@@ -442,10 +443,7 @@ def sq_norm_total(frames: torch.Tensor) -> float:
         partials[block] = _sq_norm_sum(frames_np[start:end])
 
     _in_blocks(frames.shape[0], block_rows, lambda: add_block, _threads())
-    total = 0.0
-    for partial in partials:
-        total += partial
-    return total
+    return sum(partials)  # in block order
 
 
 @_compiled()

@@ -45,10 +45,14 @@ def _constants(sample_rate: int, window: int, num_mel_bins: int, num_ceps: int, 
         povey = torch.hann_window(window, periodic=False).pow(0.85).float()
         banks, _ = kaldi.get_mel_banks(num_mel_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
         banks = torch.nn.functional.pad(banks.float(), (0, 1))  # (bins, padded // 2 + 1)
-        dct = torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps].float()
+        dct = (
+            torchaudio.functional.create_dct(num_mel_bins, num_mel_bins, "ortho")[:, :num_ceps].float()
+            if num_ceps
+            else None
+        )
     lifter = cepstral_lifter(num_ceps) if num_ceps else None
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return padded, move(povey), move(banks.T.contiguous()), move(dct if num_ceps else None), move(lifter)
+    return padded, move(povey), move(banks.T.contiguous()), move(dct), move(lifter)
 
 
 def cepstral_lifter(num_ceps: int, lifter: float = LIFTER) -> torch.Tensor:
