@@ -21,6 +21,7 @@ from .config import (
     RunConfig,
     Stage,
     StoreDtype,
+    StoreMode,
 )
 from .encoder import OBJECTIVES
 from .encoder.quantizers import QUANTIZERS
@@ -40,6 +41,7 @@ CHOICES = {
     "features.layer_reduction": LayerReduction,
     "features.dtype": Dtype,
     "features.store_dtype": StoreDtype,
+    "features.store": StoreMode,
     "train_encoder.dtype": Dtype,
     "evaluate.abx.distance": AbxDistance,
 }
@@ -155,6 +157,15 @@ def _check_iteration(config: RunConfig) -> None:
         raise ConfigError("codebook.path", config.codebook.path, "each iteration trains its own codebook")
 
 
+def _check_store(config: RunConfig) -> None:
+    """store=none keeps no frames, so nothing can train a codebook on them."""
+    trains = UNIT_KINDS.get(config.codebook.name).trains_codebook
+    if config.features.store == "none" and trains and not config.codebook.path:
+        raise ConfigError("features.store", "none", "stores no frames to train on: give codebook.path, or use sample")
+    if config.features.store != "all" and config.iteration.count:
+        raise ConfigError("features.store", config.features.store, "HuBERT's iterations (iteration.count) need all")
+
+
 def _check_combinations(config: RunConfig) -> None:
     d, f, t = config.data, config.features, config.train_encoder
     if not d.path and any(stage in config.stages for stage in ("train_encoder", "features")):
@@ -171,6 +182,7 @@ def _check_combinations(config: RunConfig) -> None:
     if required and f.normalize != "none":
         reason = f"codebook={config.codebook.name} quantizes the frames its model made, not normalized ones"
         raise ConfigError("features.normalize", f.normalize, reason)
+    _check_store(config)
     if "merge" in config.stages and not config.merge.inputs:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     _check_objective(config)

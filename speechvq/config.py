@@ -32,7 +32,8 @@ Normalize = _choice("Normalize", ("none", "utterance", "utterance_l2", "global")
 Precision = _choice("Precision", ("exact", "fast"))
 LayerReduction = _choice("LayerReduction", ("concat", "mean", "tokens"))
 Dtype = _choice("Dtype", ("float32", "bfloat16"))
-StoreDtype = _choice("StoreDtype", ("float32", "float16"))  # bfloat16: autocast (CUDA, or CPUs with bf16 support)
+StoreDtype = _choice("StoreDtype", ("float32", "float16"))
+StoreMode = _choice("StoreMode", ("all", "sample", "none"))  # bfloat16: autocast (CUDA, or CPUs with bf16 support)
 AbxDistance = _choice("AbxDistance", ("angular", "euclidean", "kl", "kl_symmetric"))
 FrontEnd = _choice("FrontEnd", ("logmel", "waveform"))
 LrSchedule = _choice("LrSchedule", ("constant", "cosine"))
@@ -79,11 +80,16 @@ class FeatureConfig:
     # the stored frames' precision: float16 halves features/ on disk; the frames are rounded to it wherever units are
     # made (the quantize stage and speechvq.load alike), so it is part of what decides the units
     store_dtype: StoreDtype = StoreDtype["float32"]
+    # which frames the features stage stores: all | sample (only k-means' training sample; quantize then decodes,
+    # extracts and assigns in one pass over the audio) | none (quantize from audio with codebook.path). Not part of
+    # the recorded feature config: it changes where frames are kept, not what they are.
+    store: StoreMode = StoreMode["all"]
 
     def to_dict(self) -> dict:
         """The recorded feature config. Fields added after the first codebook format appear only when they differ
         from their default, so codebooks made before they existed keep their fingerprints and stay compatible."""
         recorded = asdict(self)
+        del recorded["store"]
         for key, default in (("layer_reduction", "concat"), ("dtype", "float32"), ("store_dtype", "float32")):
             if recorded[key] == default:
                 del recorded[key]

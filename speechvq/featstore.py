@@ -159,7 +159,7 @@ class FeatureStore:
         self.num_frames: int = self.index["num_frames"]
         self.utterances = [StoredUtterance(*row) for row in self.index["utterances"]]
 
-    def _load_part(self, part: int) -> torch.Tensor:
+    def load_part(self, part: int) -> torch.Tensor:
         with safe_open(str(self.folder / f"part-{part:05d}.safetensors"), framework="pt") as handle:
             return handle.get_tensor("frames").to(torch.float32)  # float16 parts (features.store_dtype) widened
 
@@ -169,7 +169,7 @@ class FeatureStore:
         for entry in self.utterances:
             by_part.setdefault(entry.part, []).append(entry)
         for part in range(self.index["num_parts"]):
-            yield by_part.get(part, []), self._load_part(part)
+            yield by_part.get(part, []), self.load_part(part)
 
     def iter_utterances(self) -> Iterator[FeatureMatrix]:
         for entries, frames in self.iter_parts():

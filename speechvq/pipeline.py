@@ -105,20 +105,26 @@ def _run_stages(config: RunConfig, folder: RunFolder, device: torch.device) -> R
 # a stage name to its function.
 _STAGES = {
     Stage["train_encoder"]: lambda c, f, d, r: train_encoder(c.train_encoder, c.data, c.features, c.seed, f, d),
-    Stage["features"]: lambda c, f, d, r: extract_features(c.data, c.features, c.output.overwrite, f, d),
+    Stage["features"]: lambda c, f, d, r: extract_features(
+        c.data, c.features, c.output.overwrite, f, d, c.codebook.max_train_frames, c.seed
+    ),
     Stage["train"]: lambda c, f, d, r: train_codebook(
         c.codebook, c.data, c.features, c.seed, c.output.overwrite, f, d, per_rank=r
     ),
     Stage["quantize"]: lambda c, f, d, r: quantize_dataset(
         c.codebook, c.quantize, c.data, c.features, c.output.overwrite, f, d
     ),
-    Stage["evaluate"]: lambda c, f, d, r: evaluate(c.evaluate, c.data, c.codebook, c.quantize, f, d),
+    Stage["evaluate"]: lambda c, f, d, r: evaluate(c.evaluate, c.data, c.features, c.codebook, c.quantize, f, d),
     Stage["merge"]: lambda c, f, d, r: merge_shards(c.merge, f),
 }
 
 
 def _summary(folder: RunFolder, seconds: dict, results: dict) -> RunSummary:
-    counts = results.get("features") or results.get("merge")
+    counts = results.get("merge")
+    if "quantize" in results:  # the whole dataset's, also where the features stage kept only a sample
+        counts = results["quantize"].counts
+    elif results.get("features") is not None:
+        counts = results["features"]
     if counts is None and (folder.features_dir / INDEX_FILE).exists():
         counts = FileCounts(**FeatureStore(folder.features_dir).index.get("counts", {}))
     summary = RunSummary(folder.root, seconds, counts.to_dict() if counts else {}, results.get("evaluate") or {})
@@ -171,7 +177,9 @@ def _evaluate_by_rank(config, rank_config, folder: RunFolder, rank_folder: RunFo
     rank = torch.distributed.get_rank()
     settings = config.evaluate if rank == 0 else dataclasses.replace(config.evaluate, resynthesize=0)
     start = time.perf_counter()
-    metrics = evaluate(settings, rank_config.data, rank_config.codebook, config.quantize, rank_folder, device, folder)
+    metrics = evaluate(
+        settings, rank_config.data, config.features, rank_config.codebook, config.quantize, rank_folder, device, folder
+    )
     seconds["evaluate"] = time.perf_counter() - start
     if rank == 0 and rank_folder.resynth_dir.exists():
         shutil.copytree(rank_folder.resynth_dir, folder.resynth_dir, dirs_exist_ok=True)

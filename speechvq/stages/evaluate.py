@@ -14,10 +14,17 @@ from tqdm.auto import tqdm
 from .. import fileio
 from ..abx import AbxItem, abx_error_rates, items_from_labels, read_speakers
 from ..alignments import read_alignments
-from ..config import AbxConfig, CodebookConfig, DataConfig, EvaluateConfig, QuantizeConfig, RobustnessConfig
+from ..config import (
+    AbxConfig,
+    CodebookConfig,
+    DataConfig,
+    EvaluateConfig,
+    FeatureConfig,
+    QuantizeConfig,
+    RobustnessConfig,
+)
 from ..data import iter_waveforms
 from ..errors import AlignmentError, ConfigError
-from ..featstore import FeatureStore
 from ..ids import IdMatch, match_ids, require_match
 from ..metrics import MetricsAccumulator, phone_unit_scores
 from ..plots import plot_codebook_usage, plot_phone_unit_heatmap
@@ -27,6 +34,7 @@ from ..records import FeatureMatrix, Utterance
 from ..robustness import unit_robustness
 from ..run_folder import RunFolder
 from ..units import load_unit_model
+from .sources import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 def evaluate(
     evaluate: EvaluateConfig,
     data: DataConfig,
+    features: FeatureConfig,
     codebook: CodebookConfig,
     quantize: QuantizeConfig,
     folder: RunFolder,
@@ -42,17 +51,18 @@ def evaluate(
 ) -> dict:
     """metrics.json (returned too) and the figures. report_to: under torchrun, each rank scans its own rank
     folder, the collected sums and per-utterance scores are gathered to rank 0 in rank (= dataset) order, and
-    rank 0 writes the metrics of the whole dataset into report_to (other ranks return {})."""
+    rank 0 writes the metrics of the whole dataset into report_to (other ranks return {}). The frames are the
+    stored ones, or (features.store=sample|none) extracted again from the audio of the run's manifest."""
     if evaluate.alignment_tolerance_frames < 0:
         raise ConfigError("evaluate.alignment_tolerance_frames", evaluate.alignment_tolerance_frames, ">= 0")
-    store = FeatureStore(folder.features_dir)
+    source = frame_source(data, features, folder, device, "evaluate")
     units_model = load_unit_model(codebook, quantize, folder)
-    units_model.check_compatible(store.feature_config, store.dim)
+    units_model.check_compatible(source.feature_config, source.dim)
     _check_units_made_by(folder, units_model.fingerprint)
-    matched = _alignments(data, _dataset_ids(store, every_rank=report_to is not None))
+    matched = _alignments(data, _dataset_ids(source, every_rank=report_to is not None))
     alignments = matched.by_id if matched else {}
-    found = _Collected.create(evaluate, data, store, folder, units_model, alignments)
-    _scan(store, folder, data.split, units_model, alignments, found)
+    found = _Collected.create(evaluate, data, source, folder, units_model, alignments)
+    _scan(source, folder, data.split, units_model, alignments, found)
     if report_to is not None:
         found = _gathered(found)
         if found is None:
@@ -67,10 +77,10 @@ def evaluate(
         raise AlignmentError(data.alignments, matched.mismatch())
     if probe_scores := found.probe.result():
         metrics["word_probe"] = probe_scores
-    if abx_scores := found.abx.result(store.frame_rate_hz):
+    if abx_scores := found.abx.result(source.frame_rate_hz):
         metrics["abx"] = abx_scores
     if evaluate.robustness.num_files:
-        metrics["robustness"] = _robustness(evaluate.robustness, data, store, folder, units_model, device)
+        metrics["robustness"] = _robustness(evaluate.robustness, data, source, folder, units_model, device)
     metrics["counts"] = folder.read_units_meta().counts.to_dict()
     folder.write_metrics(metrics)
     if evaluate.plot:
@@ -78,9 +88,9 @@ def evaluate(
     return metrics
 
 
-def _dataset_ids(store: FeatureStore, every_rank: bool) -> list[str]:
+def _dataset_ids(source, every_rank: bool) -> list[str]:
     """The ids of this run's utterances; under torchrun every rank's (the ABX items on rank 0 span all shards)."""
-    ids = [stored.utt_id for stored in store.utterances]
+    ids = [stored.utt_id for stored in source.utterances]
     if not every_rank:
         return ids
     parts = [None] * torch.distributed.get_world_size()
@@ -107,11 +117,11 @@ class _Collected:
     abx: _Abx
 
     @classmethod
-    def create(cls, evaluate: EvaluateConfig, data: DataConfig, store, folder, units_model, alignments) -> _Collected:
+    def create(cls, evaluate: EvaluateConfig, data: DataConfig, source, folder, units_model, alignments) -> _Collected:
         return cls(
-            MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, store.frame_rate_hz),
-            _PhoneCounts(data.alignment_rate_hz / store.frame_rate_hz, evaluate.alignment_tolerance_frames),
-            _Reconstruction.create(evaluate, data, store, folder, units_model),
+            MetricsAccumulator(units_model.codebook_size, units_model.num_codebooks, source.frame_rate_hz),
+            _PhoneCounts(data.alignment_rate_hz / source.frame_rate_hz, evaluate.alignment_tolerance_frames),
+            _Reconstruction.create(evaluate, data, source, folder, units_model),
             _WordProbe(word_pattern(evaluate.word_probe) if evaluate.word_probe else None),
             _Abx.create(evaluate.abx, data, alignments, units_model.codebook_size),
         )
@@ -144,10 +154,10 @@ def _gathered(found: _Collected) -> _Collected | None:
     return found
 
 
-def _scan(store: FeatureStore, folder: RunFolder, split: str, units_model, alignments, found: _Collected) -> None:
+def _scan(source, folder: RunFolder, split: str, units_model, alignments, found: _Collected) -> None:
     unit_lines = folder.iter_units(split, units_model.num_codebooks)
     for features in tqdm(
-        store.iter_utterances(), total=len(store.utterances), desc="evaluate", unit="utt", disable=None
+        source.iter_utterances(), total=len(source.utterances), desc="evaluate", unit="utt", disable=None
     ):
         streams = next(unit_lines, [[]] * units_model.num_codebooks)  # a missing line is a mismatch below
         units = torch.tensor(streams, dtype=torch.long).reshape(len(streams), -1).T  # (frames, num_codebooks)
@@ -184,7 +194,7 @@ def _check_units_made_by(folder: RunFolder, fingerprint: str) -> None:
         )
 
 
-def _robustness(config: RobustnessConfig, data: DataConfig, store: FeatureStore, folder: RunFolder, units_model,
+def _robustness(config: RobustnessConfig, data: DataConfig, source, folder: RunFolder, units_model,
                 device) -> dict:  # fmt: skip
     """Unit edit distances under augmentation, over num_files files spread evenly through the run's manifest,
     encoded exactly as the quantize stage would (the run's extractor and unit model)."""
@@ -193,9 +203,9 @@ def _robustness(config: RobustnessConfig, data: DataConfig, store: FeatureStore,
     root, rows = folder.read_manifest(data.split)
     step = max(1, len(rows) // config.num_files)
     picked = [Utterance(rel, root / rel) for rel, _ in rows[::step][: config.num_files]]
-    rate = store.feature_config["sample_rate"]
+    rate = source.feature_config["sample_rate"]
     waves = [w.samples for w in iter_waveforms(picked, rate, 0, "raise", [])]
-    encoder = UnitEncoder(units_model, store.feature_config, device)
+    encoder = UnitEncoder(units_model, source.feature_config, device)
     return unit_robustness(lambda wave, sample_rate: encoder.encode(wave, sample_rate).cpu(), waves, rate, config.seed)
 
 
@@ -340,17 +350,17 @@ class _Reconstruction:
         self.mcd_sum, self.mcd_frames, self.written = 0.0, 0, 0
 
     @classmethod
-    def create(cls, evaluate: EvaluateConfig, data: DataConfig, store: FeatureStore, folder: RunFolder, units_model):
+    def create(cls, evaluate: EvaluateConfig, data: DataConfig, source, folder: RunFolder, units_model):
         if not evaluate.reconstruction:
             return None
-        inversion = build_inversion(store.feature_config)
+        inversion = build_inversion(source.feature_config)
         if inversion is None:
-            log.info("evaluate: no log-mel reconstruction is defined for %s features", store.feature_config["name"])
+            log.info("evaluate: no log-mel reconstruction is defined for %s features", source.feature_config["name"])
             return None
         # The audio of the stored utterances, in order, from the run's manifest.
         root, rows = folder.read_manifest(data.split)
-        listing = [Utterance(e.utt_id, root / rel) for e, (rel, _) in zip(store.utterances, rows, strict=True)]
-        waveforms = iter_waveforms(listing, store.feature_config["sample_rate"], data.num_workers, "raise", [])
+        listing = [Utterance(e.utt_id, root / rel) for e, (rel, _) in zip(source.utterances, rows, strict=True)]
+        waveforms = iter_waveforms(listing, source.feature_config["sample_rate"], data.num_workers, "raise", [])
         return cls(evaluate, folder, units_model, inversion, waveforms)
 
     def add(self, features: FeatureMatrix, quantized: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""The features stage: decode the (shard of the) dataset and store its feature frames in parts, resumably."""
+"""The features stage: decode the (shard of the) dataset and store its feature frames in parts, resumably: every
+frame (features.store=all), only k-means' training sample (sample), or nothing (none)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .. import fileio
 from ..config import DataConfig, FeatureConfig
-from ..data import batches_by_length, check_files, iter_batches
+from ..data import batches_by_length, check_files
 from ..errors import DiskFullError, EmptyDatasetError
 from ..featstore import FeatureStore, FeatureWriter
 from ..features import build_extractor
@@ -20,7 +21,9 @@ from ..features.base import STORE_DTYPES
 from ..manifest import list_utterances, shard
 from ..records import FeatureMatrix, SkippedFile, Utterance
 from ..run_folder import FileCounts, RunFolder
-from .markers import already_done, features_key, mark_done
+from ..sampling import training_sample
+from ..streaming import batch_samples, extracted_batches
+from .markers import already_done, features_key, mark_done, stage_key
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,33 @@ class _Progress:
 
 
 def extract_features(
-    data: DataConfig, features: FeatureConfig, overwrite: bool, folder: RunFolder, device: torch.device
-) -> FileCounts:
+    data: DataConfig,
+    features: FeatureConfig,
+    overwrite: bool,
+    folder: RunFolder,
+    device: torch.device,
+    max_train_frames: int = 0,
+    seed: int = 0,
+) -> FileCounts | None:
+    """The counts of the utterances stored (with store=sample: of the training sample; the quantize stage counts
+    the dataset); None with store=none. max_train_frames and seed (codebook.max_train_frames, the run's seed)
+    choose the sample."""
+    if features.store == "none":
+        log.info("features: features.store=none, nothing stored (quantize extracts from the audio)")
+        return None
     key = features_key(data, features)
+    if features.store == "sample":
+        key = stage_key(key, "sample", max_train_frames, seed)
     if already_done(folder, "features", key, overwrite):
         return FileCounts(**FeatureStore(folder.features_dir).index.get("counts", {}))
     listing = list_utterances(data.path)
     utterances = shard(listing, data.num_shards, data.shard_index)
-    good, skipped = check_files(utterances, data.on_error)
     extractor = build_extractor(features)
+    if features.store == "sample":
+        chosen = training_sample(listing, extractor.frame_rate_hz, max_train_frames, seed)
+        utterances = [utt for utt in utterances if utt.utt_id in chosen]
+        log.info("features: storing the training sample, %d of the shard's files", len(utterances))
+    good, skipped = check_files(utterances, data.on_error)
     writer = FeatureWriter(
         folder.features_dir,
         extractor.describe(),
@@ -64,7 +85,7 @@ def extract_features(
     _check_disk(folder.features_dir, extractor, good[progress.checkpoint_state()["consumed"] :], writer.dtype)
     _extract(data, features, extractor, writer, key, good, progress, device)
     counts = FileCounts(len(utterances), len(progress.processed), len(progress.skipped))
-    _finish(data, folder, writer, listing, progress, counts)
+    _finish(data, features, folder, writer, listing, progress, counts)
     mark_done(folder, "features", key)
     log.info("features: %d processed, %d skipped of %d found", counts.processed, counts.skipped, counts.found)
     return counts
@@ -101,25 +122,13 @@ def _check_disk(features_dir: Path, extractor, remaining: list[Utterance], dtype
 def _extract(data, features, extractor, writer, key, good, progress: _Progress, device) -> None:
     consumed = progress.checkpoint_state()["consumed"]
     by_id = {u.utt_id: u for u in good}
-    batches = batches_by_length(good[consumed:], data.batch_seconds * features.sample_rate)
-    # With two or more decoding workers, a front end without weights runs in them, on the CPU, side by side. A
-    # forked worker must keep the one torch thread the DataLoader gives it (OpenMP is not fork-safe once the
-    # parent has used it), so with a single worker the main process computes the features with all its threads.
-    in_workers = device.type == "cpu" and not extractor.needs_weights and data.num_workers >= 2
-    loaded = iter_batches(
-        batches,
-        features.sample_rate,
-        data.num_workers,
-        data.on_error,
-        progress.skipped,
-        extract=extractor.extract_batch if in_workers else None,
-    )
+    batches = batches_by_length(good[consumed:], batch_samples(data, features))
+    loaded = extracted_batches(batches, data, features, extractor, device, progress.skipped)
     with (
         torch.inference_mode(),
         tqdm(total=len(good), initial=consumed, desc="features", unit="utt", disable=None) as bar,
     ):
-        for batch, (utt_ids, items) in zip(batches, loaded):
-            frames = items if in_workers else extractor.extract_batch([samples.to(device) for samples in items])
+        for batch, (utt_ids, frames) in zip(batches, loaded):
             for utt_id, utt_frames in zip(utt_ids, frames, strict=True):
                 writer.add(FeatureMatrix(utt_id, utt_frames, extractor.frame_rate_hz))
                 progress.processed.append(by_id[utt_id])
@@ -127,12 +136,18 @@ def _extract(data, features, extractor, writer, key, good, progress: _Progress, 
             writer.checkpoint(key, progress.checkpoint_state())
 
 
-def _finish(data, folder: RunFolder, writer, listing, progress: _Progress, counts: FileCounts) -> None:
-    folder.write_errors(progress.skipped)
+def _finish(data, features, folder: RunFolder, writer, listing, progress: _Progress, counts: FileCounts) -> None:
+    sample = features.store == "sample"  # the dataset's listing and errors are then the quantize stage's
+    if not sample:
+        folder.write_errors(progress.skipped)
     if counts.found and not counts.processed:
-        raise EmptyDatasetError(data.path, f"all {counts.found} files failed (see {folder.errors_tsv.name})")
+        where = "see the log" if sample else f"see {folder.errors_tsv.name}"
+        raise EmptyDatasetError(data.path, f"all {counts.found} files failed ({where})")
     if not counts.found:  # more shards than utterances: an empty shard is valid and merges as nothing
         log.warning("features: shard %d of %d is empty", data.shard_index, data.num_shards)
+    if sample:
+        writer.close({"counts": counts.to_dict(), "source": str(data.path), "sample": True})
+        return
     # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
     root = Path(os.path.commonpath([u.path.parent for u in listing]))
     folder.write_manifest(

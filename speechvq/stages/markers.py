@@ -30,6 +30,8 @@ def features_key(data: DataConfig, features: FeatureConfig) -> str:
         "num_shards": data.num_shards,
         "shard_index": data.shard_index,
     }
+    if features.store != "all":  # keys of store=all runs stay what they were before the setting existed
+        source["store"] = str(features.store)
     return stage_key("features", source, features.to_dict())
 
 

@@ -1,7 +1,9 @@
-"""The quantize stage: every stored frame to its unit, written as fairseq .km streams and JSONL, resumably.
+"""The quantize stage: every frame to its unit, written as fairseq .km streams and JSONL, resumably.
 
-Units are written per feature part into .speechvq/units (a part is done when its .done file exists), then
-concatenated; a rerun after a crash keeps the finished parts."""
+The frames come from the features stage's store (features.store=all) or straight from the audio (sample, none:
+decoded, extracted and assigned in one pass, and then this stage also writes the run's manifest and errors.tsv).
+Units are written per part into .speechvq/units (a part is done when its .done file exists), then concatenated;
+a rerun after a crash keeps the finished parts and decodes only the others."""
 
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ from tqdm.auto import tqdm
 
 from .. import fileio
 from ..config import CodebookConfig, DataConfig, FeatureConfig, QuantizeConfig
-from ..featstore import FeatureStore, StoredUtterance
-from ..run_folder import FileCounts, RunFolder, ShardInfo, UnitsMeta
+from ..errors import EmptyDatasetError
+from ..featstore import StoredUtterance
+from ..run_folder import FileCounts, RunFolder, UnitsMeta
 from ..units import load_unit_model
 from .markers import already_done, features_key, mark_done, stage_key
+from .sources import FramePart, frame_source
 
 log = logging.getLogger(__name__)
+
+MANIFEST_ROWS, ERROR_ROWS = "manifest.rows", "errors.rows"  # audio sources: each part's share of the two files
 
 
 def quantize_dataset(
@@ -31,42 +37,73 @@ def quantize_dataset(
     folder: RunFolder,
     device: torch.device,
 ) -> UnitsMeta:
-    store = FeatureStore(folder.features_dir)
     units_model = load_unit_model(codebook, quantize, folder)
-    units_model.check_compatible(store.feature_config, store.dim)
     key = stage_key(features_key(data, features), "quantize", units_model.fingerprint, quantize.dedup)
     if already_done(folder, "quantize", key, overwrite):
         return folder.read_units_meta("quantize")
+    source = frame_source(data, features, folder, device, "quantize")
+    units_model.check_compatible(source.feature_config, source.dim)
     streams = [path.name for path in folder.streams(data.split, units_model.num_codebooks)]
     names = streams + [folder.units_jsonl.name] + ([folder.units_dedup_jsonl.name] if quantize.dedup else [])
     parts_dir = _parts_dir(folder, key)
     for name in names:  # a killed run's half-written unit file (the parts folder goes whole when done)
         fileio.remove_stale_temps(folder.root, name)
-    done = 0
-    with tqdm(total=len(store.utterances), desc="quantize", unit="utt", disable=None) as bar:
-        for number, (entries, frames) in enumerate(store.iter_parts()):
-            if (parts_dir / f"{number:05d}.done").exists():
-                done += 1
-            else:
-                units = units_model.assign(frames.to(device)).cpu()  # (part_frames, num_codebooks)
-                texts = _part_texts(entries, units, store.frame_rate_hz, quantize.dedup, units_model.codebook_size)
-                for name, lines in zip(names, texts):
-                    fileio.write_text(parts_dir / f"{number:05d}.{name}", "".join(lines))
-                fileio.write_text(parts_dir / f"{number:05d}.done", "")
-            bar.update(len(entries))
-    if done:
-        log.info("quantize: resumed, %d of %d parts were already done", done, store.index["num_parts"])
+    todo = [number for number in range(source.num_parts) if not _done_file(parts_dir, number).exists()]
+    if len(todo) < source.num_parts:
+        log.info("quantize: resuming, %d of %d parts were already done", source.num_parts - len(todo), source.num_parts)
+    with tqdm(total=len(source.utterances), desc="quantize", unit="utt", disable=None) as bar:
+        for part in source.iter_parts(todo):
+            units = units_model.assign(part.frames.to(device)).cpu()  # (part_frames, num_codebooks)
+            texts = _part_texts(part.entries, units, source.frame_rate_hz, quantize.dedup, units_model.codebook_size)
+            for name, lines in zip(names, texts):
+                fileio.write_text(parts_dir / f"{part.number:05d}.{name}", "".join(lines))
+            if source.from_audio:
+                _write_listing_part(parts_dir, part)
+            done = {"num_utterances": len(part.entries), "num_frames": int(part.frames.shape[0])}
+            fileio.write_json(_done_file(parts_dir, part.number), done)
+            bar.update(len(part.entries) + len(part.skipped))
     for name in names:
-        with fileio.atomic_open(folder.root / name) as handle:
-            for number in range(store.index["num_parts"]):
-                handle.write((parts_dir / f"{number:05d}.{name}").read_text())
+        _concatenate(folder.root / name, parts_dir, name, source.num_parts)
+    totals = [json.loads(_done_file(parts_dir, n).read_text()) for n in range(source.num_parts)]
+    num_utterances, num_frames = (sum(t[k] for t in totals) for k in ("num_utterances", "num_frames"))
+    counts = _finish_listing(folder, data, source, parts_dir, num_utterances) if source.from_audio else source.counts
     folder.write_km_dict(units_model.codebook_size)
-    meta = _units_meta(folder, store, units_model, data.split, streams, quantize.dedup)
+    sizes = (num_utterances, num_frames, counts)
+    meta = _units_meta(folder, source, units_model, data.split, streams, quantize.dedup, sizes)
     folder.write_units_meta(meta)
     mark_done(folder, "quantize", key)
     shutil.rmtree(parts_dir)
     log.info("quantize: %d utterances, %d frames -> %s", meta.num_utterances, meta.num_frames, folder.root / streams[0])
     return meta
+
+
+def _done_file(parts_dir, number: int):
+    return parts_dir / f"{number:05d}.done"
+
+
+def _concatenate(path, parts_dir, name: str, num_parts: int, head: str = "") -> None:
+    with fileio.atomic_open(path) as handle:
+        handle.write(head)
+        for number in range(num_parts):
+            handle.write((parts_dir / f"{number:05d}.{name}").read_text())
+
+
+def _write_listing_part(parts_dir, part: FramePart) -> None:
+    rows = "".join(f"{rel}\t{num_samples}\n" for rel, num_samples in part.manifest_rows)
+    errors = "".join(f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in part.skipped)
+    fileio.write_text(parts_dir / f"{part.number:05d}.{MANIFEST_ROWS}", rows)
+    fileio.write_text(parts_dir / f"{part.number:05d}.{ERROR_ROWS}", errors)
+
+
+def _finish_listing(folder: RunFolder, data: DataConfig, source, parts_dir, num_utterances: int) -> FileCounts:
+    """With frames from the audio, the run's <split>.tsv and errors.tsv are this stage's: the parts' rows."""
+    _concatenate(folder.manifest(data.split), parts_dir, MANIFEST_ROWS, source.num_parts, f"{source.root}\n")
+    header = folder.ERRORS_HEADER + "".join(f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in source.header_skips)
+    _concatenate(folder.errors_tsv, parts_dir, ERROR_ROWS, source.num_parts, header)
+    counts = FileCounts(source.num_found, num_utterances, source.num_found - num_utterances)
+    if counts.found and not counts.processed:
+        raise EmptyDatasetError(data.path, f"all {counts.found} files failed (see {folder.errors_tsv.name})")
+    return counts
 
 
 def _parts_dir(folder: RunFolder, key: str):
@@ -121,7 +158,8 @@ def _ints(values: list[int]) -> str:
     return "[" + ",".join(map(str, values)) + "]"
 
 
-def _units_meta(folder: RunFolder, store: FeatureStore, units_model, split: str, streams, dedup: bool) -> UnitsMeta:
+def _units_meta(folder: RunFolder, source, units_model, split: str, streams, dedup: bool, sizes) -> UnitsMeta:
+    """The unit files' description; sizes: (num_utterances, num_frames, FileCounts)."""
     contents = {
         name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)
     }
@@ -134,18 +172,17 @@ def _units_meta(folder: RunFolder, store: FeatureStore, units_model, split: str,
         contents[folder.units_dedup_jsonl.name] = (
             "id, run-length deduplicated units (all codebooks together), durations in frames"
         )
-    shard = store.index.get("shard", {})
     return UnitsMeta(
         codebook_fingerprint=units_model.fingerprint,
         quantizer=units_model.kind,
         codebook_size=units_model.codebook_size,
         num_codebooks=units_model.num_codebooks,
-        feature_config=store.feature_config,
-        frame_rate_hz=store.frame_rate_hz,
-        num_utterances=len(store.utterances),
-        num_frames=store.num_frames,
-        counts=FileCounts(**store.index.get("counts", {})),
-        shard=ShardInfo(**shard),
+        feature_config=source.feature_config,
+        frame_rate_hz=source.frame_rate_hz,
+        num_utterances=sizes[0],
+        num_frames=sizes[1],
+        counts=sizes[2],
+        shard=source.shard,
         split=split,
         files=folder.unit_files(contents),
     )
