@@ -47,9 +47,11 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, codebook_size):
     assert distributed["inertia"] == pytest.approx(single.inertia, rel=1e-6)
 
 
-def test_torchrun_pipeline_shards_by_rank_and_merges(dataset, tmp_path):
+@pytest.mark.parametrize("store", ["all", "sample"])
+def test_torchrun_pipeline_shards_by_rank_and_merges(dataset, tmp_path, store):
     """features/train/quantize under torchrun: each rank takes its shard, k-means runs across ranks, rank 0
-    merges; the merged units equal a single process quantizing with the same codebook."""
+    merges; the merged units equal a single process quantizing with the same codebook. store=sample: each rank
+    stores its shard's part of the one training sample and quantizes from the audio."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "dist"
     done = subprocess.run(
@@ -65,6 +67,7 @@ def test_torchrun_pipeline_shards_by_rank_and_merges(dataset, tmp_path):
             "data.alignments=null",
             "data.num_workers=0",
             "codebook.codebook_size=8",
+            f"features.store={store}",
             "stages=[features,train,quantize]",
             "device=cpu",
             f"hydra.run.dir={run_dir}",
@@ -99,6 +102,9 @@ def test_torchrun_pipeline_shards_by_rank_and_merges(dataset, tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     assert (run_dir / "train.km").read_text() == (tmp_path / "one" / "train.km").read_text()
     assert len((run_dir / "train.km").read_text().splitlines()) == 6
+    if store == "sample":  # the sample (the whole of this small corpus) split between the ranks
+        stored = [json.loads((run_dir / f"ranks/00{r}/features/index.json").read_text()) for r in (0, 1)]
+        assert [len(index["utterances"]) for index in stored] == [3, 3]
 
 
 def _numbers_close(got, expected, path="metrics"):

@@ -106,6 +106,23 @@ def test_kill_during_each_stage_then_resume_byte_identical(corpus, tmp_path):
     assert not list(killed.rglob("*.tmp"))
 
 
+def test_store_sample_sigkilled_in_quantize_resumes_to_the_units_of_all(corpus, tmp_path):
+    """features.store=sample, SIGKILLed while quantize streams from the audio (some parts committed): the rerun
+    resumes after them, and every output equals an uninterrupted store=all run's (the sample is the whole of this
+    corpus, so the codebook is the same too)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    done = subprocess.run(command(corpus, clean), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sample = [*command(corpus, killed), "features.store=sample"]
+    kill_when(sample, lambda: KILL_WHEN["quantize"](killed), env=env)
+    final = subprocess.run(sample, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "quantize: resumed" in final.stderr
+    for name in OUTPUTS[:-1]:  # not features/index.json: the sample's index says so
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
+
+
 def test_a_different_config_is_refused_unless_overwrite(dataset, tmp_path):
     def config(size):
         return RunConfig(

@@ -31,11 +31,12 @@ def single(dataset, tmp_path):
     return tmp_path / "single"
 
 
-@pytest.mark.parametrize("num_shards", [2, 4, 7])
-def test_shards_merge_to_the_single_run(dataset, tmp_path, single, num_shards):
+@pytest.mark.parametrize("num_shards,store", [(2, "all"), (4, "all"), (7, "all"), (4, "none")])
+def test_shards_merge_to_the_single_run(dataset, tmp_path, single, num_shards, store):
+    """store=none: each shard quantizes straight from its audio; the merge is the same."""
     for index in range(num_shards):
         cfg = config(dataset, num_shards=num_shards, shard_index=index)
-        cfg.codebook.path, cfg.stages = str(single), ["features", "quantize"]
+        cfg.codebook.path, cfg.stages, cfg.features.store = str(single), ["features", "quantize"], store
         pipeline.run(cfg, tmp_path / "shards" / str(index))
     merge = RunConfig(merge=MergeConfig(inputs=str(tmp_path / "shards")), stages=["merge"], device="cpu")
     result = pipeline.run(merge, tmp_path / "merged")

@@ -57,7 +57,9 @@ def _speechvq(args, env, timeout=900):
     return done
 
 
-def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, record_property):
+@pytest.mark.parametrize("store", ["all", "none"])
+def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, record_property, store):
+    """store=none: each array task quantizes its shard straight from the audio."""
     single = tmp_path / "single"
     config = RunConfig(
         data=DataConfig(path=str(dataset), alignments=None, num_workers=0),
@@ -82,6 +84,7 @@ def test_slurm_multirun_merges_to_the_single_run(slurm_env, dataset, tmp_path, r
             "data.alignments=null",
             "data.num_workers=0",
             f"codebook.path={single}",
+            f"features.store={store}",
             "stages=[features,quantize]",
             "device=cpu",
         ],

@@ -50,7 +50,7 @@ def quantize_dataset(
         fileio.remove_stale_temps(folder.root, name)
     todo = [number for number in range(source.num_parts) if not _done_file(parts_dir, number).exists()]
     if len(todo) < source.num_parts:
-        log.info("quantize: resuming, %d of %d parts were already done", source.num_parts - len(todo), source.num_parts)
+        log.info("quantize: resumed, %d of %d parts were already done", source.num_parts - len(todo), source.num_parts)
     with tqdm(total=len(source.utterances), desc="quantize", unit="utt", disable=None) as bar:
         for part in source.iter_parts(todo):
             units = units_model.assign(part.frames.to(device)).cpu()  # (part_frames, num_codebooks)
