@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .features import FEATURES
 from .features.ssl_checkpoint import SSL_MODELS
 from .probe import word_pattern
+from .unit_parquet import require_pyarrow
 from .units import UNIT_KINDS
 
 CHOICES = {
@@ -183,6 +184,8 @@ def _check_combinations(config: RunConfig) -> None:
         reason = f"codebook={config.codebook.name} quantizes the frames its model made, not normalized ones"
         raise ConfigError("features.normalize", f.normalize, reason)
     _check_store(config)
+    if config.quantize.parquet and "quantize" in config.stages:
+        require_pyarrow()
     if "merge" in config.stages and not config.merge.inputs:
         raise ConfigError("merge.inputs", None, "stage merge needs the folder whose subfolders are the shard runs")
     _check_objective(config)

@@ -193,6 +193,7 @@ class QuantizeConfig:
         "exact"
     ]  # exact | fast (CUDA, large dims: fused fp16 top-2 kernel, near ties re-ranked exactly)
     dedup: bool = True  # also write run-length deduplicated units with durations
+    parquet: bool = False  # also write units.parquet (needs pyarrow: the speechvq[parquet] extra)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from .. import fileio
+from .. import fileio, unit_parquet
 from ..config import MergeConfig
 from ..errors import ConfigError, MissingArtifactError
 from ..run_folder import FileCounts, RunFolder, ShardInfo, UnitsMeta
@@ -29,6 +29,10 @@ def merge_shards(merge: MergeConfig, folder: RunFolder) -> FileCounts:
     folder.write_manifest(first.split, manifests[0][0], [row for _, rows in manifests for row in rows])
     names = [name for name in first.files if all((run.root / name).exists() for run in runs)]
     for name in names:
+        if name == unit_parquet.FILE_NAME:
+            described = unit_parquet.metadata(first, first.frame_rate_hz, first.feature_config)
+            unit_parquet.join(folder.root / name, [run.root / name for run in runs], described)
+            continue
         with fileio.atomic_open(folder.root / name) as handle:
             for run in runs:
                 handle.write((run.root / name).read_text())

@@ -14,7 +14,7 @@ import shutil
 import torch
 from tqdm.auto import tqdm
 
-from .. import fileio
+from .. import fileio, unit_parquet
 from ..config import CodebookConfig, DataConfig, FeatureConfig, QuantizeConfig
 from ..errors import EmptyDatasetError
 from ..featstore import StoredUtterance
@@ -38,7 +38,8 @@ def quantize_dataset(
     device: torch.device,
 ) -> UnitsMeta:
     units_model = load_unit_model(codebook, quantize, folder)
-    key = stage_key(features_key(data, features), "quantize", units_model.fingerprint, quantize.dedup)
+    key = stage_key(features_key(data, features), "quantize", units_model.fingerprint, quantize.dedup,
+                    *(["parquet"] if quantize.parquet else []))  # fmt: skip
     if already_done(folder, "quantize", key, overwrite):
         return folder.read_units_meta("quantize")
     source = frame_source(data, features, folder, device, "quantize")
@@ -57,6 +58,8 @@ def quantize_dataset(
             texts = _part_texts(part.entries, units, source.frame_rate_hz, quantize.dedup, units_model.codebook_size)
             for name, lines in zip(names, texts):
                 fileio.write_text(parts_dir / f"{part.number:05d}.{name}", "".join(lines))
+            if quantize.parquet:
+                unit_parquet.write_part(_parquet_part(parts_dir, part.number), part.entries, units, quantize.dedup)
             if source.from_audio:
                 _write_listing_part(parts_dir, part)
             done = {"num_utterances": len(part.entries), "num_frames": int(part.frames.shape[0])}
@@ -64,17 +67,25 @@ def quantize_dataset(
             bar.update(len(part.entries) + len(part.skipped))
     for name in names:
         _concatenate(folder.root / name, parts_dir, name, source.num_parts)
+    if quantize.parquet:
+        parquet_meta = unit_parquet.metadata(units_model, source.frame_rate_hz, source.feature_config)
+        parts = [_parquet_part(parts_dir, number) for number in range(source.num_parts)]
+        unit_parquet.join(folder.root / unit_parquet.FILE_NAME, parts, parquet_meta)
     totals = [json.loads(_done_file(parts_dir, n).read_text()) for n in range(source.num_parts)]
     num_utterances, num_frames = (sum(t[k] for t in totals) for k in ("num_utterances", "num_frames"))
     counts = _finish_listing(folder, data, source, parts_dir, num_utterances) if source.from_audio else source.counts
     folder.write_km_dict(units_model.codebook_size)
     sizes = (num_utterances, num_frames, counts)
-    meta = _units_meta(folder, source, units_model, data.split, streams, quantize.dedup, sizes)
+    meta = _units_meta(folder, source, units_model, data.split, streams, quantize, sizes)
     folder.write_units_meta(meta)
     mark_done(folder, "quantize", key)
     shutil.rmtree(parts_dir)
     log.info("quantize: %d utterances, %d frames -> %s", meta.num_utterances, meta.num_frames, folder.root / streams[0])
     return meta
+
+
+def _parquet_part(parts_dir, number: int):
+    return parts_dir / f"{number:05d}.{unit_parquet.FILE_NAME}"
 
 
 def _done_file(parts_dir, number: int):
@@ -158,7 +169,8 @@ def _ints(values: list[int]) -> str:
     return "[" + ",".join(map(str, values)) + "]"
 
 
-def _units_meta(folder: RunFolder, source, units_model, split: str, streams, dedup: bool, sizes) -> UnitsMeta:
+def _units_meta(folder: RunFolder, source, units_model, split: str, streams, quantize: QuantizeConfig,
+                sizes) -> UnitsMeta:  # fmt: skip
     """The unit files' description; sizes: (num_utterances, num_frames, FileCounts)."""
     contents = {
         name: f"fairseq labels (codebook {g}), one line per line of {split}.tsv" for g, name in enumerate(streams)
@@ -168,9 +180,15 @@ def _units_meta(folder: RunFolder, source, units_model, split: str, streams, ded
         if len(streams) > 1
         else ""
     )
-    if dedup:
+    if quantize.dedup:
         contents[folder.units_dedup_jsonl.name] = (
             "id, run-length deduplicated units (all codebooks together), durations in frames"
+        )
+    if quantize.parquet:
+        contents[unit_parquet.FILE_NAME] = (
+            "id, units, num_frames"
+            + (", units_dedup, durations" if quantize.dedup else "")
+            + "; codebook in the metadata"
         )
     return UnitsMeta(
         codebook_fingerprint=units_model.fingerprint,
