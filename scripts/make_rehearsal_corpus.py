@@ -4,10 +4,11 @@
 
 The 52 minutes of LibriSpeech in data/librispeech (251 speakers) are perturbed once into a pool of 9 versions: speed
 0.9 / 1.0 / 1.1 (resampling, as Kaldi's speed perturbation: tempo and pitch together) times pitch -2 / 0 / +2
-semitones (phase vocoder and resampling: tempo kept). Each output file is 10-30 s of utterances drawn from the pool, joined with 0.1-0.5 s pauses,
-at a gain of -6..+6 dB, with white noise at 15-40 dB SNR: every file distinct, all of it real speech. 16 kHz mono
-16-bit WAV, 1,000 files per folder. File i depends only on (seed, i), so the corpus is the same whatever --workers,
-and a smaller corpus is a prefix of a larger one with the same seed. OUT/ATTRIBUTION.md keeps the source's license.
+semitones (phase vocoder and resampling: tempo kept). Each output file is 10-30 s of utterances drawn from the pool,
+joined with 0.1-0.5 s pauses, at a gain of -6..+6 dB, with white noise at 15-40 dB SNR: every file distinct, all of
+it real speech. 16 kHz mono 16-bit WAV, 1,000 files per folder. File i depends only on (seed, i), so the corpus is
+the same whatever --workers, and a smaller corpus is a prefix of a larger one with the same seed. OUT/ATTRIBUTION.md
+keeps the source's license.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@
 
 Each store mode runs `python -m speechvq.run` (stages features, train, quantize; MFCC K=500, one k-means restart of
 at most 20 iterations on at most 1M frames; 2 decoding workers) in a fresh run folder, while this script samples
-every 0.2 s the memory of the run's whole process tree (main process and decoding workers: summed PSS from /proc,
-so shared pages count once) and the bytes the run folder holds. Reported: wall time per stage (the run's own
-summary), end to end, real-time factor, peak memory, peak and final disk of the run folder and of its features/. The run folders are deleted afterwards
-unless --keep.
+every 0.2 s the memory of the run's whole process tree (main process and decoding workers: summed PSS from /proc, so
+shared pages count once) and the bytes the run folder holds. Reported: wall time per stage (the run's own summary),
+end to end, real-time factor, peak memory, peak and final disk of the run folder and of its features/. The run
+folders are deleted afterwards unless --keep.
 """
 
 from __future__ import annotations

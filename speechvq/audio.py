@@ -28,11 +28,27 @@ def probe(path: Path) -> soundfile._SoundFileInfo:
     return info
 
 
-def load_waveform(path: Path, sample_rate: int) -> torch.Tensor:
-    """Decode `path`, average the channels and resample. Returns (num_samples,) float32."""
-    probe(path)
+def segment_frames(path: Path, segment: tuple[float, float], info) -> tuple[int, int]:
+    """(first sample, number of samples) of a (start_s, duration_s) segment at the file's rate; an
+    AudioDecodeError when it does not lie within the file (info: its header)."""
+    start_s, duration_s = segment
+    start, frames = round(start_s * info.samplerate), round(duration_s * info.samplerate)
+    if start + frames > info.frames:
+        raise AudioDecodeError(
+            path, f"segment {start_s:g} s + {duration_s:g} s ends past the end of the file ({info.duration:.3f} s)"
+        )
+    return start, frames
+
+
+def load_waveform(path: Path, sample_rate: int, segment: tuple[float, float] | None = None) -> torch.Tensor:
+    """Decode `path` (only `segment`, (start_s, duration_s), where given), average the channels and resample.
+    Returns (num_samples,) float32."""
+    info = probe(path)
+    start, frames = segment_frames(path, segment, info) if segment else (0, -1)
     try:
-        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as handle:
+            handle.seek(start)
+            data, file_rate = handle.read(frames, dtype="float32", always_2d=True), handle.samplerate
     except (soundfile.LibsndfileError, RuntimeError) as exc:
         raise AudioDecodeError(path, f"decoding failed ({exc})") from None
     if data.shape[0] == 0:

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import load_waveform, probe
+from .audio import load_waveform, probe, segment_frames
 from .errors import AudioDecodeError
 from .records import SkippedFile, Utterance, Waveform
 
@@ -37,7 +37,7 @@ class AudioDataset(Dataset):
 
 def _decode(utt: Utterance, sample_rate: int) -> Waveform | SkippedFile:
     try:
-        samples = load_waveform(utt.path, sample_rate)
+        samples = load_waveform(utt.path, sample_rate, utt.segment)
     except AudioDecodeError as exc:
         return SkippedFile(utt.utt_id, utt.path, exc.reason)
     return Waveform(utt.utt_id, samples, sample_rate)
@@ -100,21 +100,22 @@ def batches_by_length(utterances: list[Utterance], max_samples: float, max_items
 
 
 def check_files(utterances: list[Utterance], on_error: OnError) -> tuple[list[Utterance], list[SkippedFile]]:
-    """Header-only validation of every file before any decoding (missing, empty, not audio, or a
-    sample count that disagrees with the manifest). Returns the good utterances with num_samples
-    filled in from the file header, and the skipped ones."""
+    """Header-only validation of every file before any decoding (missing, empty, not audio, a segment past the
+    end of its file, or a sample count that disagrees with the manifest). Returns the good utterances with
+    num_samples filled in from the file header (a segment's own), and the skipped ones."""
     good, skipped = [], []
     for utt in utterances:
         try:
             info = probe(utt.path)
-            if utt.num_samples is not None and utt.num_samples != info.frames:
-                raise AudioDecodeError(utt.path, f"manifest says {utt.num_samples} samples, file has {info.frames}")
+            frames = segment_frames(utt.path, utt.segment, info)[1] if utt.segment else info.frames
+            if utt.num_samples is not None and utt.num_samples != frames:
+                raise AudioDecodeError(utt.path, f"manifest says {utt.num_samples} samples, file has {frames}")
         except AudioDecodeError as exc:
             if on_error == "raise":
                 raise
             skipped.append(SkippedFile(utt.utt_id, utt.path, exc.reason))
             continue
-        good.append(dataclasses.replace(utt, num_samples=info.frames, sample_rate=info.samplerate))
+        good.append(dataclasses.replace(utt, num_samples=frames, sample_rate=info.samplerate))
     return good, skipped
 
 

@@ -69,7 +69,9 @@ def read_fairseq_tsv(path: Path) -> list[Utterance]:
 
 
 def read_jsonl_manifest(path: Path) -> list[Utterance]:
-    """JSONL: one object per line with `path` (absolute or relative to the manifest), optional `id`, `num_samples`."""
+    """JSONL: one object per line with `path` (absolute or relative to the manifest), optional `id`, `num_samples`,
+    and optional `start` and `duration` (seconds): a segment of the file, an utterance of its own (its id, where
+    not given, is the file's id and the start in milliseconds: `talk-0012340`)."""
     utterances = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -83,9 +85,23 @@ def read_jsonl_manifest(path: Path) -> list[Utterance]:
         audio_path = Path(record["path"])
         if not audio_path.is_absolute():
             audio_path = path.parent / audio_path
-        utt_id = str(record.get("id") or _jsonl_id(audio_path, path.parent))
-        utterances.append(Utterance(utt_id=utt_id, path=audio_path, num_samples=record.get("num_samples")))
+        segment = _segment(path, number, record)
+        utt_id = record.get("id") or _jsonl_id(audio_path, path.parent)
+        if segment and not record.get("id"):
+            utt_id += f"-{round(segment[0] * 1000):07d}"
+        utterances.append(Utterance(str(utt_id), audio_path, record.get("num_samples"), segment=segment))
     return utterances
+
+
+def _segment(path: Path, number: int, record: dict) -> tuple[float, float] | None:
+    """(start, duration) in seconds from a manifest record's `start` and `duration`; None when it has neither."""
+    if "start" not in record and "duration" not in record:
+        return None
+    start, duration = record.get("start", 0.0), record.get("duration")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, duration))
+    if not numbers or start < 0 or duration <= 0:
+        raise ManifestError(path, number, f"a segment needs start >= 0 and duration > 0 (seconds), got {record!r}")
+    return float(start), float(duration)
 
 
 def shard(utterances: list[Utterance], num_shards: int, shard_index: int) -> list[Utterance]:

@@ -16,6 +16,7 @@ class Utterance:
     path: Path  # absolute path of the audio file
     num_samples: int | None = None  # as claimed by a manifest (at the file's own rate), if any
     sample_rate: int | None = None  # the file's own rate, once its header was read
+    segment: tuple[float, float] | None = None  # (start_s, duration_s) within the file; None: the whole file
 
 
 @dataclass(frozen=True)

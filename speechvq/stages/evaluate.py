@@ -30,11 +30,11 @@ from ..metrics import MetricsAccumulator, phone_unit_scores
 from ..plots import plot_codebook_usage, plot_phone_unit_heatmap
 from ..probe import word_pattern, word_probe
 from ..reconstruct import build_inversion, griffin_lim, logmel_distances, reference_logmel
-from ..records import FeatureMatrix, Utterance
+from ..records import FeatureMatrix
 from ..robustness import unit_robustness
 from ..run_folder import RunFolder
 from ..units import load_unit_model
-from .sources import frame_source
+from .sources import frame_source, processed_utterances
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,9 @@ def _robustness(config: RobustnessConfig, data: DataConfig, source, folder: RunF
     encoded exactly as the quantize stage would (the run's extractor and unit model)."""
     from ..api import UnitEncoder
 
-    root, rows = folder.read_manifest(data.split)
-    step = max(1, len(rows) // config.num_files)
-    picked = [Utterance(rel, root / rel) for rel, _ in rows[::step][: config.num_files]]
+    listing = processed_utterances(data, folder)
+    step = max(1, len(listing) // config.num_files)
+    picked = listing[::step][: config.num_files]
     rate = source.feature_config["sample_rate"]
     waves = [w.samples for w in iter_waveforms(picked, rate, 0, "raise", [])]
     encoder = UnitEncoder(units_model, source.feature_config, device)
@@ -357,9 +357,10 @@ class _Reconstruction:
         if inversion is None:
             log.info("evaluate: no log-mel reconstruction is defined for %s features", source.feature_config["name"])
             return None
-        # The audio of the stored utterances, in order, from the run's manifest.
-        root, rows = folder.read_manifest(data.split)
-        listing = [Utterance(e.utt_id, root / rel) for e, (rel, _) in zip(source.utterances, rows, strict=True)]
+        # The audio of the run's utterances, in order (segments of files where the listing has them).
+        listing = processed_utterances(data, folder, ids=[stored.utt_id for stored in source.utterances])
+        if [utt.utt_id for utt in listing] != [stored.utt_id for stored in source.utterances]:
+            raise ConfigError("data.path", data.path, f"does not list the utterances of the run in {folder.root}")
         waveforms = iter_waveforms(listing, source.feature_config["sample_rate"], data.num_workers, "raise", [])
         return cls(evaluate, folder, units_model, inversion, waveforms)
 

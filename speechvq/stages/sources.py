@@ -4,6 +4,7 @@ size is quantized without its frames ever touching the disk. Both give the same 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,16 +90,9 @@ class AudioFrames:
 
     @classmethod
     def for_evaluate(cls, data: DataConfig, features: FeatureConfig, folder: RunFolder, device) -> AudioFrames:
-        """The utterances the quantize stage made units of: the shard's listing less the files errors.tsv lists,
-        checked against the run's manifest."""
+        """The utterances the quantize stage made units of."""
         listing = list_utterances(data.path)
-        failed = {skip.utt_id for skip in folder.read_errors()} if folder.errors_tsv.exists() else set()
-        kept = [utt for utt in shard(listing, data.num_shards, data.shard_index) if utt.utt_id not in failed]
-        root, rows = folder.read_manifest(data.split)
-        if [(root / rel).resolve() for rel, _ in rows] != [utt.path.resolve() for utt in kept]:
-            raise ConfigError("data.path", data.path, f"does not list the files of {folder.manifest(data.split)}")
-        kept = [Utterance(u.utt_id, u.path, num, u.sample_rate) for u, (_, num) in zip(kept, rows)]
-        return cls(data, features, device, kept, listing)
+        return cls(data, features, device, processed_utterances(data, folder, listing), listing)
 
     def iter_parts(self, todo: list[int]) -> Iterator[FramePart]:
         for part in iter_audio_parts(self.parts, todo, self.data, self.features, self.extractor, self.device):
@@ -111,6 +105,23 @@ class AudioFrames:
 
     def iter_utterances(self) -> Iterator[FeatureMatrix]:
         return iter_utterance_frames(self.utterances, self.data, self.features, self.extractor, self.device)
+
+
+def processed_utterances(data: DataConfig, folder: RunFolder, listing: list[Utterance] | None = None, ids=None):
+    """The utterances of the run's units, in their order, segments and all: the (shard of the) listing of
+    data.path less the files errors.tsv lists, checked against the run's manifest. (A fairseq manifest names files,
+    not segments, so it alone cannot say which audio a unit sequence came from.) Without data.path (evaluate alone
+    on a run folder), the manifest's files, named by `ids` where given."""
+    root, rows = folder.read_manifest(data.split)
+    if not data.path:
+        names = ids or [rel for rel, _ in rows]
+        return [Utterance(name, root / rel, num) for name, (rel, num) in zip(names, rows, strict=True)]
+    listing = listing or list_utterances(data.path)
+    failed = {skip.utt_id for skip in folder.read_errors()} if folder.errors_tsv.exists() else set()
+    kept = [utt for utt in shard(listing, data.num_shards, data.shard_index) if utt.utt_id not in failed]
+    if [(root / rel).resolve() for rel, _ in rows] != [utt.path.resolve() for utt in kept]:
+        raise ConfigError("data.path", data.path, f"does not list the files of {folder.manifest(data.split)}")
+    return [dataclasses.replace(utt, num_samples=num_samples) for utt, (_, num_samples) in zip(kept, rows)]
 
 
 def frame_source(data: DataConfig, features: FeatureConfig, folder: RunFolder, device, for_stage: str):
