@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import multiprocessing
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,9 +38,9 @@ class AudioDataset(Dataset):
 
 def _decode(utt: Utterance, sample_rate: int) -> Waveform | SkippedFile:
     try:
-        samples = load_waveform(utt.path, sample_rate, utt.segment)
+        samples = load_waveform(utt.path, sample_rate, utt.segment, utt.member)
     except AudioDecodeError as exc:
-        return SkippedFile(utt.utt_id, utt.path, exc.reason)
+        return SkippedFile(utt.utt_id, Path(utt.location), exc.reason)
     return Waveform(utt.utt_id, samples, sample_rate)
 
 
@@ -106,14 +107,14 @@ def check_files(utterances: list[Utterance], on_error: OnError) -> tuple[list[Ut
     good, skipped = [], []
     for utt in utterances:
         try:
-            info = probe(utt.path)
+            info = probe(utt.path, utt.member)
             frames = segment_frames(utt.path, utt.segment, info)[1] if utt.segment else info.frames
             if utt.num_samples is not None and utt.num_samples != frames:
-                raise AudioDecodeError(utt.path, f"manifest says {utt.num_samples} samples, file has {frames}")
+                raise AudioDecodeError(utt.location, f"manifest says {utt.num_samples} samples, file has {frames}")
         except AudioDecodeError as exc:
             if on_error == "raise":
                 raise
-            skipped.append(SkippedFile(utt.utt_id, utt.path, exc.reason))
+            skipped.append(SkippedFile(utt.utt_id, Path(utt.location), exc.reason))
             continue
         good.append(dataclasses.replace(utt, num_samples=frames, sample_rate=info.samplerate))
     return good, skipped

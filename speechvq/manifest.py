@@ -7,30 +7,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import soundfile
-
+from . import corpora
+from .audio import AUDIO_EXTENSIONS
 from .errors import DatasetNotFoundError, EmptyDatasetError, ManifestError
 from .records import Utterance
 
-# Extensions soundfile (libsndfile) decodes, plus common aliases.
-AUDIO_EXTENSIONS = frozenset(
-    {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif"}
-)
-
 
 def list_utterances(path: str | Path) -> list[Utterance]:
-    """List a dataset: a folder (recursive), a fairseq `.tsv` or a `.jsonl` manifest."""
+    """List a dataset: a folder (recursive), a fairseq `.tsv`, a `.jsonl` manifest, or a corpus format of
+    corpora.py (lhotse, WebDataset, Hugging Face datasets)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetNotFoundError(path)
-    if path.is_dir():
+    if kind := corpora.kind_of(path):
+        utterances = corpora.read_corpus(path, kind)
+    elif path.is_dir():
         utterances = scan_folder(path)
     elif path.suffix == ".tsv":
         utterances = read_fairseq_tsv(path)
     elif path.suffix == ".jsonl":
         utterances = read_jsonl_manifest(path)
     else:
-        raise ManifestError(path, None, "expected a folder, a fairseq .tsv or a .jsonl manifest")
+        raise ManifestError(
+            path,
+            None,
+            "expected a folder, a fairseq .tsv, a .jsonl manifest, a lhotse manifest, "
+            "WebDataset .tar shards or a Hugging Face dataset (save_to_disk folder or .parquet)",
+        )
     if not utterances:
         raise EmptyDatasetError(path)
     _check_unique_ids(path, utterances)

@@ -17,6 +17,17 @@ class Utterance:
     num_samples: int | None = None  # as claimed by a manifest (at the file's own rate), if any
     sample_rate: int | None = None  # the file's own rate, once its header was read
     segment: tuple[float, float] | None = None  # (start_s, duration_s) within the file; None: the whole file
+    member: str | None = None  # the audio is this member of the container at `path` (containers.py); None: a file
+
+    @property
+    def location(self) -> str:
+        """The file, or container:member, as messages and errors.tsv name it."""
+        return str(self.path) if self.member is None else f"{self.path}:{self.member}"
+
+    def manifest_name(self, root: Path) -> str:
+        """How the run's <split>.tsv names it: the path relative to root, and the member after a colon."""
+        name = self.path.relative_to(root).as_posix()
+        return name if self.member is None else f"{name}:{self.member}"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def training_sample(listing: list[Utterance], frame_rate_hz: float, max_frames: 
 
 def _duration_s(utt: Utterance) -> float | None:
     try:
-        info = probe(utt.path)
+        info = probe(utt.path, utt.member)
     except AudioDecodeError:
         return None
     return info.frames / info.samplerate

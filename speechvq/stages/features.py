@@ -151,7 +151,7 @@ def _finish(data, features, folder: RunFolder, writer, listing, progress: _Progr
     # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
     root = Path(os.path.commonpath([u.path.parent for u in listing]))
     folder.write_manifest(
-        data.split, root, ((u.path.relative_to(root).as_posix(), u.num_samples) for u in progress.processed)
+        data.split, root, ((u.manifest_name(root), u.num_samples) for u in progress.processed)
     )
     shard_info = {"index": data.shard_index, "num_shards": data.num_shards, "dataset_utterances": len(listing)}
     writer.close({"counts": counts.to_dict(), "source": str(data.path), "shard": shard_info})

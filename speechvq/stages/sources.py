@@ -100,7 +100,7 @@ class AudioFrames:
             for utt, num_frames in part.processed:
                 entries.append(StoredUtterance(utt.utt_id, num_frames, part.number, offset))
                 offset += num_frames
-            rows = [(utt.path.relative_to(self.root).as_posix(), utt.num_samples) for utt, _ in part.processed]
+            rows = [(utt.manifest_name(self.root), utt.num_samples) for utt, _ in part.processed]
             yield FramePart(part.number, entries, part.frames, rows, part.skipped)
 
     def iter_utterances(self) -> Iterator[FeatureMatrix]:
@@ -115,13 +115,22 @@ def processed_utterances(data: DataConfig, folder: RunFolder, listing: list[Utte
     root, rows = folder.read_manifest(data.split)
     if not data.path:
         names = ids or [rel for rel, _ in rows]
-        return [Utterance(name, root / rel, num) for name, (rel, num) in zip(names, rows, strict=True)]
+        return [_from_manifest(name, root, rel, num) for name, (rel, num) in zip(names, rows, strict=True)]
     listing = listing or list_utterances(data.path)
     failed = {skip.utt_id for skip in folder.read_errors()} if folder.errors_tsv.exists() else set()
     kept = [utt for utt in shard(listing, data.num_shards, data.shard_index) if utt.utt_id not in failed]
-    if [(root / rel).resolve() for rel, _ in rows] != [utt.path.resolve() for utt in kept]:
+    if [rel for rel, _ in rows] != [utt.manifest_name(root) for utt in kept]:
         raise ConfigError("data.path", data.path, f"does not list the files of {folder.manifest(data.split)}")
     return [dataclasses.replace(utt, num_samples=num_samples) for utt, (_, num_samples) in zip(kept, rows)]
+
+
+def _from_manifest(utt_id: str, root: Path, name: str, num_samples: int) -> Utterance:
+    """A <split>.tsv row back to its utterance: a file, or container:member where the file is not there."""
+    path, member = root / name, None
+    if not path.exists() and ":" in name:
+        container, member = name.rsplit(":", 1)
+        path = root / container
+    return Utterance(utt_id, path, num_samples, member=member)
 
 
 def frame_source(data: DataConfig, features: FeatureConfig, folder: RunFolder, device, for_stage: str):
