@@ -186,3 +186,26 @@ def test_none_without_a_codebook_is_refused_before_work(corpus, tmp_path):
     with pytest.raises(ConfigError, match="features.store"):
         pipeline.run(config(corpus, "none"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_crash_between_the_final_joins_resumes_to_the_same_files(corpus, stored_all, tmp_path, monkeypatch):
+    """Each unit file's parts are dropped once it is joined (so the files are on disk once, not twice): a crash
+    after the first join must neither join again from parts already dropped nor lose that file."""
+    cfg = config(corpus, "none")
+    cfg.codebook.path, cfg.stages = str(stored_all), ["features", "quantize"]
+    original, calls = quantize_stage._concatenate, []
+
+    def crash_on_the_second_join(out, parts, head=""):
+        calls.append(out.name)
+        if len(calls) == 2:
+            raise Interrupted
+        original(out, parts, head)
+
+    monkeypatch.setattr(quantize_stage, "_concatenate", crash_on_the_second_join)
+    with pytest.raises(Interrupted):
+        pipeline.run(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run" / ".speechvq" / "units").glob(f"*.{calls[0]}"))  # its parts were dropped
+    monkeypatch.setattr(quantize_stage, "_concatenate", original)
+    pipeline.run(cfg, tmp_path / "run")
+    for name in UNIT_FILES:
+        assert (tmp_path / "run" / name).read_bytes() == (stored_all / name).read_bytes(), name

@@ -3,6 +3,7 @@ reconstruction metrics, from the run folder's features and units."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -67,7 +68,8 @@ def evaluate(
         found = _gathered(found)
         if found is None:
             return {}
-        folder = report_to
+        # the report folder holds the merged run: the whole dataset's manifest, not this rank's shard
+        folder, data = report_to, dataclasses.replace(data, num_shards=1, shard_index=0)
     metrics = {"codebook_fingerprint": units_model.fingerprint, "quantizer": units_model.kind, **found.metrics.result()}
     if found.recon:
         metrics["reconstruction"] = found.recon.summary()

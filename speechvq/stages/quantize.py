@@ -7,6 +7,7 @@ a rerun after a crash keeps the finished parts and decodes only the others."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -66,11 +67,11 @@ def quantize_dataset(
             fileio.write_json(_done_file(parts_dir, part.number), done)
             bar.update(len(part.entries) + len(part.skipped))
     for name in names:
-        _concatenate(folder.root / name, parts_dir, name, source.num_parts)
+        _join_once(folder.root / name, parts_dir, name, source.num_parts, _concatenate)
     if quantize.parquet:
         parquet_meta = unit_parquet.metadata(units_model, source.frame_rate_hz, source.feature_config)
-        parts = [_parquet_part(parts_dir, number) for number in range(source.num_parts)]
-        unit_parquet.join(folder.root / unit_parquet.FILE_NAME, parts, parquet_meta)
+        join = lambda out, parts: unit_parquet.join(out, parts, parquet_meta)  # noqa: E731
+        _join_once(folder.root / unit_parquet.FILE_NAME, parts_dir, unit_parquet.FILE_NAME, source.num_parts, join)
     totals = [json.loads(_done_file(parts_dir, n).read_text()) for n in range(source.num_parts)]
     num_utterances, num_frames = (sum(t[k] for t in totals) for k in ("num_utterances", "num_frames"))
     counts = _finish_listing(folder, data, source, parts_dir, num_utterances) if source.from_audio else source.counts
@@ -92,11 +93,25 @@ def _done_file(parts_dir, number: int):
     return parts_dir / f"{number:05d}.done"
 
 
-def _concatenate(path, parts_dir, name: str, num_parts: int, head: str = "") -> None:
-    with fileio.atomic_open(path) as handle:
+def _join_once(out, parts_dir, name: str, num_parts: int, join) -> None:
+    """join(out, the parts of `name` in order), then drop those parts, so the unit files are on disk once, not
+    twice, at the end of the stage. A marker written between the two says the join is done: a rerun after a crash
+    there neither joins from parts already dropped nor joins again."""
+    marker = parts_dir / f"{name}.joined"
+    parts = [parts_dir / f"{number:05d}.{name}" for number in range(num_parts)]
+    if not marker.exists():
+        join(out, parts)
+        fileio.write_text(marker, "")
+    for part in parts:
+        part.unlink(missing_ok=True)
+
+
+def _concatenate(out, parts, head: str = "") -> None:
+    with fileio.atomic_open(out) as handle:
         handle.write(head)
-        for number in range(num_parts):
-            handle.write((parts_dir / f"{number:05d}.{name}").read_text())
+        for part in parts:
+            with open(part, encoding="utf-8") as source:
+                shutil.copyfileobj(source, handle, 1 << 20)
 
 
 def _write_listing_part(parts_dir, part: FramePart) -> None:
@@ -108,9 +123,10 @@ def _write_listing_part(parts_dir, part: FramePart) -> None:
 
 def _finish_listing(folder: RunFolder, data: DataConfig, source, parts_dir, num_utterances: int) -> FileCounts:
     """With frames from the audio, the run's <split>.tsv and errors.tsv are this stage's: the parts' rows."""
-    _concatenate(folder.manifest(data.split), parts_dir, MANIFEST_ROWS, source.num_parts, f"{source.root}\n")
+    manifest = functools.partial(_concatenate, head=f"{source.root}\n")
+    _join_once(folder.manifest(data.split), parts_dir, MANIFEST_ROWS, source.num_parts, manifest)
     header = folder.ERRORS_HEADER + "".join(f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in source.header_skips)
-    _concatenate(folder.errors_tsv, parts_dir, ERROR_ROWS, source.num_parts, header)
+    _join_once(folder.errors_tsv, parts_dir, ERROR_ROWS, source.num_parts, functools.partial(_concatenate, head=header))
     counts = FileCounts(source.num_found, num_utterances, source.num_found - num_utterances)
     if counts.found and not counts.processed:
         raise EmptyDatasetError(data.path, f"all {counts.found} files failed (see {folder.errors_tsv.name})")
