@@ -103,6 +103,7 @@ class RunFolder:
     units_jsonl = property(lambda self: self.root / "units.jsonl")
     units_dedup_jsonl = property(lambda self: self.root / "units_dedup.jsonl")
     units_meta_file = property(lambda self: self.root / "units.meta.json")
+    units_parquet = property(lambda self: self.root / "units.parquet")  # quantize.parquet=true
     metrics_file = property(lambda self: self.root / "metrics.json")
     usage_plot = property(lambda self: self.root / "codebook_usage.png")
     phone_unit_plot = property(lambda self: self.root / "phone_units.png")

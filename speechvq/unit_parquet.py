@@ -15,8 +15,6 @@ import torch
 from . import fileio
 from .errors import ConfigError
 
-FILE_NAME = "units.parquet"
-
 
 def require_pyarrow():
     try:

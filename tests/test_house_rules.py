@@ -43,7 +43,7 @@ def test_no_module_shadows_the_standard_library():
 
 def test_file_names_of_a_run_folder_are_spelled_in_run_folder_only():
     spelled = ('"units.jsonl"', '"units_dedup.jsonl"', '"dict.km.txt"', '"errors.tsv"', '"units.meta.json"',
-               '"metrics.json"', '"codebook.safetensors"', '".speechvq"')  # fmt: skip
+               '"metrics.json"', '"codebook.safetensors"', '".speechvq"', '"units.parquet"')  # fmt: skip
     found = [
         f"{path.relative_to(PACKAGE)}: {name}"
         for path in modules()

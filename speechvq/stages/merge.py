@@ -29,7 +29,7 @@ def merge_shards(merge: MergeConfig, folder: RunFolder) -> FileCounts:
     folder.write_manifest(first.split, manifests[0][0], [row for _, rows in manifests for row in rows])
     names = [name for name in first.files if all((run.root / name).exists() for run in runs)]
     for name in names:
-        if name == unit_parquet.FILE_NAME:
+        if name == folder.units_parquet.name:
             described = unit_parquet.metadata(first, first.frame_rate_hz, first.feature_config)
             unit_parquet.join(folder.root / name, [run.root / name for run in runs], described)
             continue

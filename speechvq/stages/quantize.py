@@ -60,7 +60,8 @@ def quantize_dataset(
             for name, lines in zip(names, texts):
                 fileio.write_text(parts_dir / f"{part.number:05d}.{name}", "".join(lines))
             if quantize.parquet:
-                unit_parquet.write_part(_parquet_part(parts_dir, part.number), part.entries, units, quantize.dedup)
+                parquet_part = parts_dir / f"{part.number:05d}.{folder.units_parquet.name}"
+                unit_parquet.write_part(parquet_part, part.entries, units, quantize.dedup)
             if source.from_audio:
                 _write_listing_part(parts_dir, part)
             done = {"num_utterances": len(part.entries), "num_frames": int(part.frames.shape[0])}
@@ -71,7 +72,8 @@ def quantize_dataset(
     if quantize.parquet:
         parquet_meta = unit_parquet.metadata(units_model, source.frame_rate_hz, source.feature_config)
         join = lambda out, parts: unit_parquet.join(out, parts, parquet_meta)  # noqa: E731
-        _join_once(folder.root / unit_parquet.FILE_NAME, parts_dir, unit_parquet.FILE_NAME, source.num_parts, join)
+        name = folder.units_parquet.name
+        _join_once(folder.units_parquet, parts_dir, name, source.num_parts, join)
     totals = [json.loads(_done_file(parts_dir, n).read_text()) for n in range(source.num_parts)]
     num_utterances, num_frames = (sum(t[k] for t in totals) for k in ("num_utterances", "num_frames"))
     counts = _finish_listing(folder, data, source, parts_dir, num_utterances) if source.from_audio else source.counts
@@ -83,10 +85,6 @@ def quantize_dataset(
     shutil.rmtree(parts_dir)
     log.info("quantize: %d utterances, %d frames -> %s", meta.num_utterances, meta.num_frames, folder.root / streams[0])
     return meta
-
-
-def _parquet_part(parts_dir, number: int):
-    return parts_dir / f"{number:05d}.{unit_parquet.FILE_NAME}"
 
 
 def _done_file(parts_dir, number: int):
@@ -201,7 +199,7 @@ def _units_meta(folder: RunFolder, source, units_model, split: str, streams, qua
             "id, run-length deduplicated units (all codebooks together), durations in frames"
         )
     if quantize.parquet:
-        contents[unit_parquet.FILE_NAME] = (
+        contents[folder.units_parquet.name] = (
             "id, units, num_frames"
             + (", units_dedup, durations" if quantize.dedup else "")
             + "; codebook in the metadata"
