@@ -19,6 +19,7 @@ from .. import fileio, unit_parquet
 from ..config import CodebookConfig, DataConfig, FeatureConfig, QuantizeConfig
 from ..errors import EmptyDatasetError
 from ..featstore import StoredUtterance
+from ..heap import release_free_memory
 from ..run_folder import FileCounts, RunFolder, UnitsMeta
 from ..units import load_unit_model
 from .markers import already_done, features_key, mark_done, stage_key
@@ -67,6 +68,7 @@ def quantize_dataset(
             done = {"num_utterances": len(part.entries), "num_frames": int(part.frames.shape[0])}
             fileio.write_json(_done_file(parts_dir, part.number), done)
             bar.update(len(part.entries) + len(part.skipped))
+            release_free_memory()  # the part's batches are free now: memory stays flat across parts (heap.py)
     for name in names:
         _join_once(folder.root / name, parts_dir, name, source.num_parts, _concatenate)
     if quantize.parquet:
