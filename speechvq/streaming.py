@@ -60,11 +60,9 @@ def iter_utterance_frames(
 
 
 def _as_stored(frames: torch.Tensor, features: FeatureConfig) -> torch.Tensor:
-    """What the store would give back: float32 on the CPU, rounded to features.store_dtype. A view into a much
-    larger tensor (a padded batch's output) is copied out, so a part waiting for its last batch does not keep every
-    earlier batch's whole output alive."""
-    frames = as_stored(frames.to("cpu", torch.float32), features.store_dtype)
-    return frames.clone() if frames.untyped_storage().nbytes() > 2 * frames.nbytes else frames
+    """What the store would give back: float32 on the CPU, rounded to features.store_dtype. (Views of their batch,
+    not copies: a copy per utterance cost 30 % of the streaming quantize stage, measured, and saved no memory.)"""
+    return as_stored(frames.to("cpu", torch.float32), features.store_dtype)
 
 
 @dataclass(frozen=True)
