@@ -143,12 +143,15 @@ def test_a_sample_with_two_audio_members_is_a_manifest_error(folder, tmp_path):
 
 
 # ------------------------------------------------------------------ Hugging Face datasets
-def hf_dataset(folder, as_paths=False, corrupt_row=None) -> datasets.Dataset:
+def hf_dataset(folder, as_paths=False, corrupt_row=None, missing=None) -> datasets.Dataset:
+    """The folder's files as a dataset; corrupt_row: bytes that are not audio; missing: (row, a path to put there)."""
     rows = {"id": [], "audio": []}
     for row, (utt_id, path) in enumerate(files(folder)):
         data = b"RIFF not really audio" if row == corrupt_row else path.read_bytes()
         rows["id"].append(utt_id)
         rows["audio"].append({"bytes": None, "path": str(path)} if as_paths else {"bytes": data, "path": path.name})
+        if missing and row == missing[0]:
+            rows["audio"][-1] = {"bytes": None, "path": str(missing[1])}
     # made as the plain struct an Audio column stores, then cast to Audio: encoding through datasets.Audio would need
     # torchcodec; the stored table (and its "huggingface" feature metadata) is the same
     struct = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
@@ -186,3 +189,14 @@ def test_a_dataset_without_an_audio_column_is_a_manifest_error(tmp_path):
     datasets.Dataset.from_dict({"id": ["a"], "text": ["hello"]}).to_parquet(str(tmp_path / "t.parquet"))
     with pytest.raises(ManifestError, match="no 'audio' column"):
         list_utterances(tmp_path / "t.parquet")
+
+
+def test_a_dataset_row_without_bytes_whose_path_is_missing_is_named_or_listed(folder, tmp_path):
+    gone = tmp_path / "gone.wav"
+    gone.write_bytes(b"")  # there when the dataset is saved (save_to_disk sizes the files), gone when it is read
+    hf_dataset(folder, as_paths=True, missing=(4, gone)).save_to_disk(str(tmp_path / "saved"))
+    gone.unlink()
+    with pytest.raises(AudioDecodeError, match=r"saved:4: cannot read it from its container \(FileNotFoundError"):
+        pipeline.run(config(tmp_path / "saved"), tmp_path / "raise")
+    result = pipeline.run(config(tmp_path / "saved", on_error="skip"), tmp_path / "skip")
+    assert result.counts == {"found": 6, "processed": 5, "skipped": 1}
