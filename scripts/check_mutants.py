@@ -21,6 +21,42 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name: (file, code as it is, code with the bug, tests that should catch it)
 MUTANTS = {
+    "the training sample is drawn from the shard, not the whole listing": (
+        "speechvq/stages/features.py",
+        "chosen = training_sample(listing, extractor.frame_rate_hz, max_train_frames, seed)",
+        "chosen = training_sample(utterances, extractor.frame_rate_hz, max_train_frames, seed)",
+        ["tests/test_store_modes.py::test_sample_stores_at_most_max_train_frames_whatever_the_sharding"],
+    ),
+    "frames from the audio not rounded to features.store_dtype": (
+        "speechvq/streaming.py",
+        '    return as_stored(frames.to("cpu", torch.float32), features.store_dtype)',
+        '    return frames.to("cpu", torch.float32)',
+        ["tests/test_store_modes.py::test_float16_store_is_rounded_alike_from_the_audio"],
+    ),
+    "streaming quantize decodes its done parts again": (
+        "speechvq/stages/quantize.py",
+        "    todo = [number for number in range(source.num_parts) if not _done_file(parts_dir, number).exists()]",
+        "    todo = list(range(source.num_parts))",
+        ["tests/test_store_modes.py::test_streaming_quantize_resumes_without_decoding_the_done_parts"],
+    ),
+    "a unit file is joined again after its parts were dropped": (
+        "speechvq/stages/quantize.py",
+        "    if not marker.exists():\n        join(out, parts)",
+        "    if True:\n        join(out, parts)",
+        ["tests/test_store_modes.py::test_a_crash_between_the_final_joins_resumes_to_the_same_files"],
+    ),
+    "a segment is read from the start of its file": (
+        "speechvq/audio.py",
+        "            handle.seek(start)\n",
+        "            handle.seek(0)\n",
+        ["tests/test_segments.py"],
+    ),
+    "a WebDataset sample's id is its member name, not its key": (
+        "speechvq/corpora.py",
+        "Utterance(key, shard, member=name)",
+        "Utterance(name, shard, member=name)",
+        ["tests/test_corpus_formats.py"],
+    ),
     "chunk loop runs on chunk_size <= 0": (
         "speechvq/quantize.py",
         "    check_precision(precision, frames.device)\n    check_chunk_size(chunk_size)\n",
