@@ -74,6 +74,10 @@ class AudioFrames:
         # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
         self.root = Path(os.path.commonpath([u.path.parent for u in listing]))
         self.shard = ShardInfo(data.shard_index, data.num_shards, len(listing))
+        # what the quantize stage walks (for_quantize fills them in): the resumable parts and the listing's failures
+        self.parts: list[list[Utterance]] = []
+        self.num_parts, self.num_found = 0, len(utterances)
+        self.header_skips: list[SkippedFile] = []
 
     @classmethod
     def for_quantize(cls, data: DataConfig, features: FeatureConfig, device: torch.device) -> AudioFrames:
