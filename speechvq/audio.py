@@ -13,6 +13,7 @@ import torchaudio
 
 from .containers import read_member
 from .errors import AudioDecodeError
+from .records import location
 
 # Extensions soundfile (libsndfile) decodes, plus common aliases.
 AUDIO_EXTENSIONS = frozenset(
@@ -35,7 +36,7 @@ def probe(path: Path, member: str | None = None) -> soundfile._SoundFileInfo:
 
 def _check_exists(path: Path, member: str | None) -> str | Path:
     """What errors call the audio; an AudioDecodeError when its file is missing or (a plain file) empty."""
-    where = path if member is None else f"{path}:{member}"
+    where = path if member is None else location(path, member)
     if not path.exists():
         raise AudioDecodeError(where, "file does not exist")
     if member is None and path.stat().st_size == 0:

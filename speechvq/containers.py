@@ -10,13 +10,14 @@ import tarfile
 from pathlib import Path
 
 from .errors import AudioDecodeError
+from .records import location
 
 AUDIO_COLUMN = "audio"  # the Hugging Face column of {"bytes", "path"} records (datasets.Audio)
 
 
 def read_member(path: Path, member: str) -> bytes:
     """The bytes of `member` (a tar member name, or a row number) of the container at `path`."""
-    where = f"{path}:{member}"
+    where = location(path, member)
     try:
         if path.suffix == ".tar":
             offset, size = _tar_index(path)[member]

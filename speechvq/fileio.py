@@ -144,8 +144,12 @@ def write_fairseq_tsv(path: str | Path, root: Path, rows: Iterable[tuple[str, in
     """fairseq manifest: the root folder, then `relative/path<TAB>num_samples` per utterance."""
     with atomic_open(path) as handle:
         handle.write(f"{root}\n")
-        for rel_path, num_samples in rows:
-            handle.write(f"{rel_path}\t{num_samples}\n")
+        handle.write(fairseq_tsv_rows(rows))
+
+
+def fairseq_tsv_rows(rows: Iterable[tuple[str, int]]) -> str:
+    """The lines of a fairseq manifest after its root: `relative/path<TAB>num_samples` each."""
+    return "".join(f"{rel_path}\t{num_samples}\n" for rel_path, num_samples in rows)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -5,6 +5,7 @@ Only listing happens here (cheap, no decoding), so a bad path fails before any r
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import corpora
@@ -105,6 +106,12 @@ def _segment(path: Path, number: int, record: dict) -> tuple[float, float] | Non
     if not numbers or start < 0 or duration <= 0:
         raise ManifestError(path, number, f"a segment needs start >= 0 and duration > 0 (seconds), got {record!r}")
     return float(start), float(duration)
+
+
+def listing_root(listing: list[Utterance]) -> Path:
+    """The folder a run's <split>.tsv names its files from: the whole listing's, not a shard's, so shard manifests
+    concatenate into the full one."""
+    return Path(os.path.commonpath([utt.path.parent for utt in listing]))
 
 
 def shard(utterances: list[Utterance], num_shards: int, shard_index: int) -> list[Utterance]:

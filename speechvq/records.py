@@ -8,6 +8,11 @@ from pathlib import Path
 import torch
 
 
+def location(path: Path, member: str | None) -> str:
+    """A file, or container:member, as messages, errors.tsv and a run's manifest name it."""
+    return str(path) if member is None else f"{path}:{member}"
+
+
 @dataclass(frozen=True)
 class Utterance:
     """One entry of a dataset listing, before any decoding."""
@@ -21,13 +26,11 @@ class Utterance:
 
     @property
     def location(self) -> str:
-        """The file, or container:member, as messages and errors.tsv name it."""
-        return str(self.path) if self.member is None else f"{self.path}:{self.member}"
+        return location(self.path, self.member)
 
     def manifest_name(self, root: Path) -> str:
         """How the run's <split>.tsv names it: the path relative to root, and the member after a colon."""
-        name = self.path.relative_to(root).as_posix()
-        return name if self.member is None else f"{name}:{self.member}"
+        return location(self.path.relative_to(root).as_posix(), self.member)
 
 
 @dataclass(frozen=True)

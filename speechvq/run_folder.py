@@ -162,8 +162,12 @@ class RunFolder:
 
     # ------------------------------------------------------------ errors.tsv
     def write_errors(self, skipped: Iterable[SkippedFile]) -> None:
-        lines = [f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in skipped]
-        fileio.write_text(self.errors_tsv, self.ERRORS_HEADER + "".join(lines))
+        fileio.write_text(self.errors_tsv, self.ERRORS_HEADER + self.error_rows(skipped))
+
+    @staticmethod
+    def error_rows(skipped: Iterable[SkippedFile]) -> str:
+        """errors.tsv's lines after its header: `utt_id<TAB>path<TAB>reason` each."""
+        return "".join(f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in skipped)
 
     def read_errors(self) -> list[SkippedFile]:
         rows = self.errors_tsv.read_text().splitlines()[1:]

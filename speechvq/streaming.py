@@ -70,7 +70,6 @@ class AudioPart:
     """A run of consecutive utterances whose frames the quantize stage assigns and commits together."""
 
     number: int
-    utterances: list[Utterance]  # the part's share of the header-checked listing
     frames: torch.Tensor  # the decoded ones' frames concatenated (num_frames, dim), float32, rounded as stored
     processed: list[tuple[Utterance, int]]  # (utterance, num_frames) of those decoded, in order
     skipped: list[SkippedFile]  # those that failed to decode (data.on_error=skip)
@@ -121,4 +120,4 @@ def _assembled(number: int, utterances: list[Utterance], pending, skipped, dim: 
     by_id = {utt.utt_id: utt for utt in utterances}
     frames = torch.cat([f for _, f in pending]) if pending else torch.empty(0, dim)
     processed = [(by_id[utt_id], f.shape[0]) for utt_id, f in pending]
-    return AudioPart(number, utterances, frames, processed, list(skipped))
+    return AudioPart(number, frames, processed, list(skipped))

@@ -67,14 +67,14 @@ def join(out: Path, parts: list[Path], metadata: dict) -> None:
                 writer.write_table(table.cast(schema))
 
 
-def metadata(units_model, frame_rate_hz: float, feature_config: dict) -> dict:
-    """What units.parquet's metadata says about its units. units_model: anything with the unit model's
-    fingerprint, kind, codebook_size and num_codebooks (a UnitsMeta names the first two differently)."""
+def metadata(fingerprint: str, quantizer: str, codebook_size: int, num_codebooks: int, frame_rate_hz: float,
+             feature_config: dict) -> dict:  # fmt: skip
+    """What units.parquet's metadata says about its units."""
     return {
-        "codebook_fingerprint": getattr(units_model, "fingerprint", None) or units_model.codebook_fingerprint,
-        "quantizer": getattr(units_model, "kind", None) or units_model.quantizer,
-        "codebook_size": units_model.codebook_size,
-        "num_codebooks": units_model.num_codebooks,
+        "codebook_fingerprint": fingerprint,
+        "quantizer": quantizer,
+        "codebook_size": codebook_size,
+        "num_codebooks": num_codebooks,
         "frame_rate_hz": frame_rate_hz,
         "feature_config": feature_config,
     }

@@ -4,7 +4,6 @@ frame (features.store=all), only k-means' training sample (sample), or nothing (
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from ..errors import DiskFullError, EmptyDatasetError
 from ..featstore import FeatureStore, FeatureWriter
 from ..features import build_extractor
 from ..features.base import STORE_DTYPES
-from ..manifest import list_utterances, shard
+from ..manifest import list_utterances, listing_root, shard
 from ..records import FeatureMatrix, SkippedFile, Utterance
 from ..run_folder import FileCounts, RunFolder
 from ..sampling import training_sample
@@ -148,8 +147,7 @@ def _finish(data, features, folder: RunFolder, writer, listing, progress: _Progr
     if sample:
         writer.close({"counts": counts.to_dict(), "source": str(data.path), "sample": True})
         return
-    # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
-    root = Path(os.path.commonpath([u.path.parent for u in listing]))
+    root = listing_root(listing)
     folder.write_manifest(
         data.split, root, ((u.manifest_name(root), u.num_samples) for u in progress.processed)
     )

@@ -30,7 +30,8 @@ def merge_shards(merge: MergeConfig, folder: RunFolder) -> FileCounts:
     names = [name for name in first.files if all((run.root / name).exists() for run in runs)]
     for name in names:
         if name == folder.units_parquet.name:
-            described = unit_parquet.metadata(first, first.frame_rate_hz, first.feature_config)
+            described = unit_parquet.metadata(first.codebook_fingerprint, first.quantizer, first.codebook_size,
+                                              first.num_codebooks, first.frame_rate_hz, first.feature_config)
             unit_parquet.join(folder.root / name, [run.root / name for run in runs], described)
             continue
         with fileio.atomic_open(folder.root / name) as handle:

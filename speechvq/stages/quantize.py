@@ -72,7 +72,8 @@ def quantize_dataset(
     for name in names:
         _join_once(folder.root / name, parts_dir, name, source.num_parts, _concatenate)
     if quantize.parquet:
-        parquet_meta = unit_parquet.metadata(units_model, source.frame_rate_hz, source.feature_config)
+        parquet_meta = unit_parquet.metadata(units_model.fingerprint, units_model.kind, units_model.codebook_size,
+                                             units_model.num_codebooks, source.frame_rate_hz, source.feature_config)
         join = lambda out, parts: unit_parquet.join(out, parts, parquet_meta)  # noqa: E731
         name = folder.units_parquet.name
         _join_once(folder.units_parquet, parts_dir, name, source.num_parts, join)
@@ -115,17 +116,15 @@ def _concatenate(out, parts, head: str = "") -> None:
 
 
 def _write_listing_part(parts_dir, part: FramePart) -> None:
-    rows = "".join(f"{rel}\t{num_samples}\n" for rel, num_samples in part.manifest_rows)
-    errors = "".join(f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in part.skipped)
-    fileio.write_text(parts_dir / f"{part.number:05d}.{MANIFEST_ROWS}", rows)
-    fileio.write_text(parts_dir / f"{part.number:05d}.{ERROR_ROWS}", errors)
+    fileio.write_text(parts_dir / f"{part.number:05d}.{MANIFEST_ROWS}", fileio.fairseq_tsv_rows(part.manifest_rows))
+    fileio.write_text(parts_dir / f"{part.number:05d}.{ERROR_ROWS}", RunFolder.error_rows(part.skipped))
 
 
 def _finish_listing(folder: RunFolder, data: DataConfig, source, parts_dir, num_utterances: int) -> FileCounts:
     """With frames from the audio, the run's <split>.tsv and errors.tsv are this stage's: the parts' rows."""
     manifest = functools.partial(_concatenate, head=f"{source.root}\n")
     _join_once(folder.manifest(data.split), parts_dir, MANIFEST_ROWS, source.num_parts, manifest)
-    header = folder.ERRORS_HEADER + "".join(f"{s.utt_id}\t{s.path}\t{s.reason}\n" for s in source.header_skips)
+    header = folder.ERRORS_HEADER + folder.error_rows(source.header_skips)
     _join_once(folder.errors_tsv, parts_dir, ERROR_ROWS, source.num_parts, functools.partial(_concatenate, head=header))
     counts = FileCounts(source.num_found, num_utterances, source.num_found - num_utterances)
     if counts.found and not counts.processed:

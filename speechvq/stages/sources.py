@@ -5,7 +5,6 @@ size is quantized without its frames ever touching the disk. Both give the same 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..data import check_files
 from ..errors import ConfigError
 from ..featstore import FeatureStore, StoredUtterance
 from ..features import build_extractor
-from ..manifest import list_utterances, shard
+from ..manifest import list_utterances, listing_root, shard
 from ..records import FeatureMatrix, SkippedFile, Utterance
 from ..run_folder import FileCounts, RunFolder, ShardInfo
 from ..streaming import iter_audio_parts, iter_utterance_frames, plan_parts
@@ -71,8 +70,7 @@ class AudioFrames:
         self.feature_config, self.dim = self.extractor.describe(), self.extractor.dim
         self.frame_rate_hz = self.extractor.frame_rate_hz
         self.utterances: list[Utterance] = utterances
-        # The manifest root is the dataset's, not the shard's, so shard manifests concatenate into the full one.
-        self.root = Path(os.path.commonpath([u.path.parent for u in listing]))
+        self.root = listing_root(listing)
         self.shard = ShardInfo(data.shard_index, data.num_shards, len(listing))
         # what the quantize stage walks (for_quantize fills them in): the resumable parts and the listing's failures
         self.parts: list[list[Utterance]] = []
